@@ -1,0 +1,14 @@
+//! Compiles the gRPC protos with protox (pure Rust; no protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["protos/basalt/storage/v1/admin.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["protos"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Basalt protocols.
+//!
+//! - [`wire`]: the binary data-plane protocol spoken between a backend and a
+//!   primary copy, and between a primary and its mirrors (documented in
+//!   `proto/WIRE.md`).
+//! - [`storage_admin`]: the gRPC admin API of a storage server
+//!   (`basalt.storage.v1`).
+
+pub mod wire;
+
+/// gRPC admin API of a storage server, package `basalt.storage.v1`.
+pub mod storage_admin {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("basalt.storage.v1");
+}

@@ -1,0 +1,258 @@
+//! Data-plane server: accepts backends and primaries, applies requests.
+//!
+//! One tokio task reads each connection's frames in order; responses go
+//! through a writer task that batches them into few syscalls. Reads and
+//! writes are positioned I/O on the page cache, done inline; fdatasync runs on
+//! the blocking pool. On a primary, a mutation is applied locally and queued
+//! to every mirror under the volume's ordering lock, then a task waits for the
+//! mirrors' acknowledgements before answering. On a mirror, replica frames are
+//! applied in arrival order, which is the primary's order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use basalt_proto::wire::{Flags, Header, Hello, Opcode, PeerRole, Status};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::copy::{Copy, CopyError};
+use crate::error_map::wire_status;
+use crate::frames::{accept_hello, read_frame};
+use crate::store::Store;
+
+pub struct DataCtx {
+    pub store: Arc<Store>,
+    pub cluster_key: Vec<u8>,
+    pub mirror_timeout: Duration,
+}
+
+type Out = mpsc::UnboundedSender<Vec<u8>>;
+
+pub async fn serve(listener: TcpListener, ctx: Arc<DataCtx>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, ctx).await {
+                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                            tracing::warn!(%addr, "data connection closed: {e}");
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(mut stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let local = ctx.store.local_id().to_owned();
+    let hello = tokio::time::timeout(
+        Duration::from_secs(5),
+        accept_hello(&mut stream, &ctx.cluster_key, &local),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
+    let (mut rd, wr) = stream.into_split();
+    let (out, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut wr = BufWriter::with_capacity(256 << 10, wr);
+        while let Some(frame) = rx.recv().await {
+            wr.write_all(&frame).await?;
+            while let Ok(more) = rx.try_recv() {
+                wr.write_all(&more).await?;
+            }
+            wr.flush().await?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut payload = Vec::new();
+    let result = loop {
+        let h = match read_frame(&mut rd, &mut payload).await {
+            Ok(h) => h,
+            Err(e) => break Err(e),
+        };
+        handle(&ctx, &hello, h, &payload, &out);
+    };
+    drop(out);
+    let _ = writer.await;
+    result
+}
+
+fn reply(out: &Out, h: Header) {
+    let _ = out.send(h.encode().to_vec());
+}
+
+fn reply_err(out: &Out, req: &Header, e: &CopyError) {
+    let mut r = req.response(wire_status(e));
+    if let CopyError::StaleEpoch { current, .. } = e {
+        r.epoch = *current;
+    }
+    reply(out, r);
+}
+
+fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &[u8], out: &Out) {
+    if h.is_response() || h.opcode == Opcode::Hello {
+        return reply(out, h.response(Status::InvalidRequest));
+    }
+    if h.opcode == Opcode::Ping {
+        return reply(out, h.response(Status::Ok));
+    }
+    if let Err(s) = h.validate_data_request() {
+        return reply(out, h.response(s));
+    }
+    let Some(copy) = ctx.store.get(h.volume_id) else {
+        return reply(out, h.response(Status::NoSuchVolume));
+    };
+    let replica = h.flags.has(Flags::REPLICA);
+    let role_ok = match peer.role {
+        PeerRole::Backend => !replica && copy.is_primary(),
+        PeerRole::Replication => {
+            replica && !copy.is_primary() && copy.primary_server_id() == peer.peer_id
+        }
+    };
+    if !role_ok {
+        return reply(out, h.response(Status::WrongRole));
+    }
+    if let Err(e) = copy.check_epoch(h.epoch) {
+        return reply_err(out, &h, &e);
+    }
+    match h.opcode {
+        Opcode::Read => read(&copy, &h, out),
+        Opcode::Flush => flush(ctx, copy, h, out.clone()),
+        Opcode::Write | Opcode::Discard | Opcode::WriteZeroes => {
+            if replica {
+                let r = mutate(&copy, &h, payload).and_then(|()| fua(&copy, &h));
+                match r {
+                    Ok(()) => reply(out, h.response(Status::Ok)),
+                    Err(e) => reply_err(out, &h, &e),
+                }
+            } else {
+                primary_mutation(ctx, copy, h, payload, out.clone());
+            }
+        }
+        Opcode::Hello | Opcode::Ping => unreachable_reply(out, &h),
+    }
+}
+
+fn unreachable_reply(out: &Out, h: &Header) {
+    reply(out, h.response(Status::InvalidRequest));
+}
+
+fn read(copy: &Copy, h: &Header, out: &Out) {
+    let mut frame = vec![0u8; basalt_proto::wire::HEADER_LEN + h.length as usize];
+    match copy.read_at(h.offset, &mut frame[basalt_proto::wire::HEADER_LEN..]) {
+        Ok(()) => {
+            let r = h
+                .response(Status::Ok)
+                .with_payload(&frame[basalt_proto::wire::HEADER_LEN..]);
+            frame[..basalt_proto::wire::HEADER_LEN].copy_from_slice(&r.encode());
+            let _ = out.send(frame);
+        }
+        Err(e) => reply_err(out, h, &e),
+    }
+}
+
+fn mutate(copy: &Copy, h: &Header, payload: &[u8]) -> Result<(), CopyError> {
+    match h.opcode {
+        Opcode::Write => copy.write_at(h.offset, payload),
+        _ => copy.punch(h.offset, u64::from(h.length)),
+    }
+}
+
+fn fua(copy: &Copy, h: &Header) -> Result<(), CopyError> {
+    if h.flags.has(Flags::FUA) {
+        copy.sync()?;
+    }
+    Ok(())
+}
+
+/// Applies locally, forwards to every mirror in the same order, and answers
+/// Ok only when every mirror answered Ok (invariant 1).
+fn primary_mutation(ctx: &DataCtx, copy: Arc<Copy>, h: Header, payload: &[u8], out: Out) {
+    let mirrors = copy.mirrors();
+    let acks: Vec<oneshot::Receiver<Status>> = {
+        let _order = copy.order.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = mutate(&copy, &h, payload) {
+            return reply_err(&out, &h, &e);
+        }
+        let mut fwd = h;
+        fwd.flags = Flags(Flags::REPLICA | (h.flags.0 & Flags::FUA));
+        fwd.epoch = copy.epoch();
+        mirrors.iter().map(|m| m.send(fwd, payload)).collect()
+    };
+    let timeout = ctx.mirror_timeout;
+    tokio::spawn(async move {
+        let local = if h.flags.has(Flags::FUA) {
+            let c = copy.clone();
+            tokio::task::spawn_blocking(move || c.sync())
+                .await
+                .unwrap_or_else(|_| Err(CopyError::Io(std::io::Error::other("sync task failed"))))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = local {
+            return reply_err(&out, &h, &e);
+        }
+        let status = await_mirrors(acks, timeout, &copy, &h).await;
+        reply(&out, h.response(status));
+    });
+}
+
+async fn await_mirrors(
+    acks: Vec<oneshot::Receiver<Status>>,
+    timeout: Duration,
+    copy: &Copy,
+    h: &Header,
+) -> Status {
+    let mut worst = Status::Ok;
+    for ack in acks {
+        let s = match tokio::time::timeout(timeout, ack).await {
+            Ok(Ok(s)) => s,
+            _ => Status::MirrorUnavailable,
+        };
+        if s != Status::Ok {
+            tracing::debug!(
+                volume = copy.volume_id,
+                request = h.request_id,
+                ?s,
+                "mirror did not acknowledge"
+            );
+            worst = match s {
+                Status::StaleEpoch => Status::StaleEpoch,
+                _ => Status::MirrorUnavailable,
+            };
+        }
+    }
+    worst
+}
+
+/// fdatasync locally and on every mirror; Ok when all are durable.
+fn flush(ctx: &DataCtx, copy: Arc<Copy>, h: Header, out: Out) {
+    let acks: Vec<_> = if h.flags.has(Flags::REPLICA) {
+        Vec::new()
+    } else {
+        let mut fwd = h;
+        fwd.flags = Flags(Flags::REPLICA);
+        fwd.epoch = copy.epoch();
+        copy.mirrors().iter().map(|m| m.send(fwd, &[])).collect()
+    };
+    let timeout = ctx.mirror_timeout;
+    tokio::spawn(async move {
+        let c = copy.clone();
+        let local = tokio::task::spawn_blocking(move || c.sync())
+            .await
+            .unwrap_or_else(|_| Err(CopyError::Io(std::io::Error::other("sync task failed"))));
+        if let Err(e) = local {
+            return reply_err(&out, &h, &e);
+        }
+        let status = await_mirrors(acks, timeout, &copy, &h).await;
+        reply(&out, h.response(status));
+    });
+}

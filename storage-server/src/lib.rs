@@ -1,0 +1,109 @@
+//! Basalt storage server: holds primary and mirror copies of volumes, serves
+//! the binary data plane (see `proto/WIRE.md`) and an admin gRPC API.
+
+pub mod admin;
+pub mod config;
+pub mod copy;
+pub mod dataplane;
+mod error_map;
+pub mod frames;
+pub mod meta;
+pub mod mirror;
+pub mod store;
+pub mod testing;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+
+use anyhow::Context;
+use basalt_proto::storage_admin::storage_admin_server::StorageAdminServer;
+use tokio::net::TcpListener;
+
+pub use config::{Args, ServerConfig};
+
+/// A server whose sockets are bound and whose copies are loaded.
+pub struct Bound {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    data: TcpListener,
+    admin: TcpListener,
+    store: Arc<store::Store>,
+    config: ServerConfig,
+    _lock: std::fs::File,
+}
+
+/// Takes an exclusive lock on the data directory so two servers never share it.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let f = std::fs::File::create(dir.join("LOCK"))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "data dir {} is in use by another basalt-storage process",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Loads copies and binds the listeners. Must run inside a tokio runtime.
+pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
+    let lock = lock_data_dir(&config.data_dir)?;
+    let settings = mirror::LinkSettings {
+        local_server_id: config.server_id.clone(),
+        cluster_key: Arc::new(config.cluster_key.clone()),
+        reconnect: config.mirror_reconnect,
+    };
+    let store =
+        Arc::new(store::Store::open(&config.data_dir, settings).context("cannot load copies")?);
+    let data = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+    Ok(Bound {
+        data_addr: data.local_addr()?,
+        admin_addr: admin.local_addr()?,
+        data,
+        admin,
+        store,
+        config,
+        _lock: lock,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let ctx = Arc::new(dataplane::DataCtx {
+            store: self.store.clone(),
+            cluster_key: self.config.cluster_key.clone(),
+            mirror_timeout: self.config.mirror_timeout,
+        });
+        let data = tokio::spawn(dataplane::serve(self.data, ctx));
+        let svc = admin::AdminService {
+            store: self.store.clone(),
+            data_address: self.data_addr.to_string(),
+            data_dir: self.config.data_dir.clone(),
+        };
+        tracing::info!(server = %self.config.server_id, data = %self.data_addr, admin = %self.admin_addr, copies = self.store.list().len(), "basalt-storage ready");
+        let incoming = tokio_stream_from(self.admin);
+        let r = tonic::transport::Server::builder()
+            .add_service(StorageAdminServer::new(svc))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        data.abort();
+        r.context("admin server failed")
+    }
+}
+
+fn tokio_stream_from(l: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
+}

@@ -1,0 +1,90 @@
+//! Durable per-copy metadata: `<data_dir>/copies/<volume_id>/meta.json`,
+//! replaced atomically (write temp file, fsync, rename, fsync directory).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Mirror,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerMeta {
+    pub server_id: String,
+    pub address: String,
+}
+
+/// Everything about a copy except its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyMeta {
+    pub volume_id: u64,
+    pub size_bytes: u64,
+    pub role: Role,
+    /// Highest layout epoch this copy has seen; older requests are refused.
+    pub epoch: u64,
+    /// Primary only: mirrors every write goes to (the in-sync set).
+    #[serde(default)]
+    pub mirrors: Vec<PeerMeta>,
+    /// Mirror only: the one server whose replica frames are accepted.
+    #[serde(default)]
+    pub primary_server_id: String,
+}
+
+pub const META_FILE: &str = "meta.json";
+
+impl CopyMeta {
+    pub fn load(dir: &Path) -> std::io::Result<CopyMeta> {
+        let bytes = fs::read(dir.join(META_FILE))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Persists atomically: after this returns, a crash leaves either the old
+    /// or the new metadata, never a mix.
+    pub fn store(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join("meta.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, dir.join(META_FILE))?;
+        fs::File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_load() {
+        let d = tempfile::tempdir().unwrap();
+        let m = CopyMeta {
+            volume_id: 3,
+            size_bytes: 1 << 20,
+            role: Role::Primary,
+            epoch: 4,
+            mirrors: vec![PeerMeta {
+                server_id: "s2".into(),
+                address: "127.0.0.1:1".into(),
+            }],
+            primary_server_id: String::new(),
+        };
+        m.store(d.path()).unwrap();
+        assert_eq!(CopyMeta::load(d.path()).unwrap(), m);
+        let mut m2 = m.clone();
+        m2.epoch = 5;
+        m2.store(d.path()).unwrap();
+        assert_eq!(CopyMeta::load(d.path()).unwrap().epoch, 5);
+        assert!(!d.path().join("meta.json.tmp").exists());
+    }
+}

@@ -1,0 +1,153 @@
+//! An in-process storage server for tests of other crates: the real server
+//! (same code as the binary) on its own runtime thread, bound to loopback
+//! ports chosen by the kernel.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::meta::{PeerMeta, Role};
+use crate::store::{Layout, Store};
+use crate::ServerConfig;
+
+pub struct LocalServer {
+    pub server_id: String,
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    store: Arc<Store>,
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalServer {
+    /// Starts a server with data under `dir`; it stops when dropped.
+    pub fn start(dir: &Path, server_id: &str) -> anyhow::Result<LocalServer> {
+        let config = ServerConfig {
+            server_id: server_id.to_owned(),
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse()?,
+            admin_listen: "127.0.0.1:0".parse()?,
+            cluster_key: Vec::new(),
+            mirror_timeout: Duration::from_secs(2),
+            mirror_reconnect: Duration::from_millis(50),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let bound = rt.block_on(crate::bind(config))?;
+        let (data_addr, admin_addr, store) =
+            (bound.data_addr, bound.admin_addr, bound.store.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("storage-{server_id}"))
+            .spawn(move || {
+                let r = rt.block_on(bound.serve(async {
+                    let _ = stopped.await;
+                }));
+                if let Err(e) = r {
+                    tracing::error!("local storage server failed: {e:#}");
+                }
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        Ok(LocalServer {
+            server_id: server_id.to_owned(),
+            data_addr,
+            admin_addr,
+            store,
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn create(&self, volume_id: u64, size_bytes: u64, layout: Layout) -> anyhow::Result<()> {
+        let _rt = self.handle.enter();
+        self.store.create(volume_id, size_bytes, layout)?;
+        Ok(())
+    }
+
+    /// Creates a primary copy (epoch 1, no mirrors).
+    pub fn create_primary(&self, volume_id: u64, size_bytes: u64) -> anyhow::Result<()> {
+        self.create(
+            volume_id,
+            size_bytes,
+            Layout {
+                role: Role::Primary,
+                epoch: 1,
+                mirrors: vec![],
+                primary_server_id: String::new(),
+            },
+        )
+    }
+
+    /// Creates a primary copy that replicates to `mirrors` (server id, data address).
+    pub fn create_primary_with_mirrors(
+        &self,
+        volume_id: u64,
+        size_bytes: u64,
+        mirrors: &[(&str, SocketAddr)],
+    ) -> anyhow::Result<()> {
+        let mirrors = mirrors
+            .iter()
+            .map(|(id, a)| PeerMeta {
+                server_id: (*id).to_owned(),
+                address: a.to_string(),
+            })
+            .collect();
+        self.create(
+            volume_id,
+            size_bytes,
+            Layout {
+                role: Role::Primary,
+                epoch: 1,
+                mirrors,
+                primary_server_id: String::new(),
+            },
+        )
+    }
+
+    /// Creates a mirror copy that accepts data from `primary_server_id`.
+    pub fn create_mirror(
+        &self,
+        volume_id: u64,
+        size_bytes: u64,
+        primary_server_id: &str,
+    ) -> anyhow::Result<()> {
+        self.create(
+            volume_id,
+            size_bytes,
+            Layout {
+                role: Role::Mirror,
+                epoch: 1,
+                mirrors: vec![],
+                primary_server_id: primary_server_id.to_owned(),
+            },
+        )
+    }
+
+    /// The copy's current bytes, read from its data file.
+    pub fn read_copy(&self, volume_id: u64) -> anyhow::Result<Vec<u8>> {
+        let c = self
+            .store
+            .get(volume_id)
+            .with_context(|| format!("no copy of volume {volume_id}"))?;
+        Ok(std::fs::read(c.dir().join(crate::copy::DATA_FILE))?)
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
