@@ -33,6 +33,10 @@ pub struct Args {
     /// Pause between attempts to reconnect to an unreachable mirror.
     #[arg(long, default_value_t = 100)]
     pub mirror_reconnect_ms: u64,
+    /// When ready, write `{"data": "IP:PORT", "admin": "IP:PORT"}` to this
+    /// file (atomically), so supervisors can wait for it and learn the ports.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,7 @@ pub struct ServerConfig {
     pub cluster_key: Vec<u8>,
     pub mirror_timeout: Duration,
     pub mirror_reconnect: Duration,
+    pub ready_file: Option<PathBuf>,
 }
 
 pub fn valid_server_id(id: &str) -> bool {
@@ -96,6 +101,7 @@ impl TryFrom<Args> for ServerConfig {
             cluster_key,
             mirror_timeout: Duration::from_millis(a.mirror_timeout_ms),
             mirror_reconnect: Duration::from_millis(a.mirror_reconnect_ms),
+            ready_file: a.ready_file,
         })
     }
 }

@@ -94,6 +94,9 @@ impl Bound {
             data_dir: self.config.data_dir.clone(),
         };
         tracing::info!(server = %self.config.server_id, data = %self.data_addr, admin = %self.admin_addr, copies = self.store.list().len(), "basalt-storage ready");
+        if let Some(path) = &self.config.ready_file {
+            write_ready_file(path, self.data_addr, self.admin_addr)?;
+        }
         let incoming = tokio_stream_from(self.admin);
         let r = tonic::transport::Server::builder()
             .add_service(StorageAdminServer::new(svc))
@@ -106,4 +109,16 @@ impl Bound {
 
 fn tokio_stream_from(l: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
+}
+
+fn write_ready_file(
+    path: &std::path::Path,
+    data: SocketAddr,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
+    let body = format!("{{\"data\": \"{data}\", \"admin\": \"{admin}\"}}\n");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

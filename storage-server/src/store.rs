@@ -162,7 +162,7 @@ impl Store {
         size_bytes: u64,
         layout: Layout,
     ) -> Result<Arc<Copy>, StoreError> {
-        if size_bytes == 0 || size_bytes % 4096 != 0 || size_bytes > MAX_VOLUME_BYTES {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(4096) || size_bytes > MAX_VOLUME_BYTES {
             return Err(StoreError::Invalid(format!(
                 "size_bytes must be a non-zero multiple of 4096 up to {MAX_VOLUME_BYTES}, got {size_bytes}"
             )));

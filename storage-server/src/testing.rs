@@ -34,6 +34,7 @@ impl LocalServer {
             cluster_key: Vec::new(),
             mirror_timeout: Duration::from_secs(2),
             mirror_reconnect: Duration::from_millis(50),
+            ready_file: None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

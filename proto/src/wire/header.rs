@@ -225,7 +225,8 @@ impl Header {
     /// payload length matches. Bounds against the volume size are the
     /// server's job.
     pub fn validate_data_request(&self) -> Result<(), Status> {
-        let aligned = self.offset % SECTOR_SIZE == 0 && u64::from(self.length) % SECTOR_SIZE == 0;
+        let aligned = self.offset.is_multiple_of(SECTOR_SIZE)
+            && u64::from(self.length).is_multiple_of(SECTOR_SIZE);
         let payload_ok = match self.opcode {
             Opcode::Write => self.payload_len == self.length,
             Opcode::Read | Opcode::Discard | Opcode::WriteZeroes => self.payload_len == 0,
