@@ -1,0 +1,269 @@
+//! Command-line flags and the validated [`Config`] built from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use basalt_proto::wire::SECTOR_SIZE;
+use clap::Parser;
+
+/// Largest virtqueue size accepted (and offered to the VMM).
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// Largest number of virtqueues (one worker thread and one primary
+/// connection each).
+pub const MAX_QUEUES: u16 = 16;
+/// Bytes of the virtio-blk serial number (GET_ID).
+pub const SERIAL_LEN: usize = 20;
+
+/// Serves one Basalt volume to a VMM over vhost-user-blk and forwards every
+/// request to the storage server holding the volume's primary copy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "basalt-vhost-blk", version)]
+pub struct Args {
+    /// vhost-user socket to listen on (a stale socket file is replaced).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Id of the volume served.
+    #[arg(long)]
+    pub volume_id: u64,
+    /// Capacity of the volume in bytes (a multiple of 512).
+    #[arg(long)]
+    pub size_bytes: u64,
+    /// Data-plane address (HOST:PORT) of the storage server holding the primary copy.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub primary: String,
+    /// Layout epoch of the volume (from the control service).
+    #[arg(long, default_value_t = 1)]
+    pub epoch: u64,
+    /// Number of virtqueues (1..=16); each gets its own thread and connection.
+    #[arg(long, default_value_t = 2)]
+    pub queues: u16,
+    /// Maximum virtqueue size (a power of two, at most 1024).
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: u16,
+    /// Present the disk read-only to the guest.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Serial number returned by GET_ID (at most 20 bytes; default basalt-<volume-id>).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// File holding the cluster key used to authenticate to storage servers
+    /// (empty key if absent: development only).
+    #[arg(long, value_name = "PATH")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Pause between attempts to reach the primary, and before resubmitting
+    /// after a retryable error.
+    #[arg(long, default_value_t = 100)]
+    pub retry_interval_ms: u64,
+    /// Timeout of one TCP connect plus handshake to the primary.
+    #[arg(long, default_value_t = 1000)]
+    pub connect_timeout_ms: u64,
+    /// How long stopping a ring (GET_VRING_BASE) or the process waits for
+    /// in-flight requests before abandoning them.
+    #[arg(long, default_value_t = 5000)]
+    pub drain_timeout_ms: u64,
+    /// Minimum interval between repeated warnings caused by the guest or by
+    /// an unreachable primary (the rest are counted and summarised).
+    #[arg(long, default_value_t = 1000)]
+    pub log_interval_ms: u64,
+    /// Id this backend presents in the handshake (default backend-<volume-id>).
+    #[arg(long)]
+    pub backend_id: Option<String>,
+}
+
+/// Validated configuration of one backend process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub volume_id: u64,
+    pub size_bytes: u64,
+    pub primary: String,
+    pub epoch: u64,
+    pub queues: u16,
+    pub queue_size: u16,
+    pub read_only: bool,
+    /// Exactly [`SERIAL_LEN`] bytes, NUL-padded.
+    pub serial: [u8; SERIAL_LEN],
+    pub cluster_key: Vec<u8>,
+    pub retry_interval: Duration,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub log_interval: Duration,
+    pub backend_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--size-bytes {0} is not a positive multiple of 512; give the volume size in bytes, rounded to whole sectors")]
+    Size(u64),
+    #[error("--primary {0:?} is not HOST:PORT; give the data-plane address of the storage server holding the primary copy")]
+    Primary(String),
+    #[error("--queues {0} is out of range; use 1..={MAX_QUEUES}")]
+    Queues(u16),
+    #[error("--queue-size {0} is not a power of two between 2 and {MAX_QUEUE_SIZE}")]
+    QueueSize(u16),
+    #[error("--serial {0:?} is longer than {SERIAL_LEN} bytes; shorten it")]
+    Serial(String),
+    #[error("--epoch must be at least 1 (epochs start at 1)")]
+    Epoch,
+    #[error("--{0} must be greater than 0")]
+    ZeroTimer(&'static str),
+    #[error("cannot read --cluster-key-file {path}: {source}; check the path and its permissions")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--backend-id {0:?} must be 1..=64 bytes of UTF-8")]
+    BackendId(String),
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+fn millis(name: &'static str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::ZeroTimer(name));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        if a.size_bytes == 0 || a.size_bytes % SECTOR_SIZE != 0 {
+            return Err(ConfigError::Size(a.size_bytes));
+        }
+        if !valid_host_port(&a.primary) {
+            return Err(ConfigError::Primary(a.primary));
+        }
+        if a.queues == 0 || a.queues > MAX_QUEUES {
+            return Err(ConfigError::Queues(a.queues));
+        }
+        if a.queue_size < 2 || a.queue_size > MAX_QUEUE_SIZE || !a.queue_size.is_power_of_two() {
+            return Err(ConfigError::QueueSize(a.queue_size));
+        }
+        if a.epoch == 0 {
+            return Err(ConfigError::Epoch);
+        }
+        let serial_str = a
+            .serial
+            .unwrap_or_else(|| format!("basalt-{}", a.volume_id));
+        if serial_str.len() > SERIAL_LEN {
+            return Err(ConfigError::Serial(serial_str));
+        }
+        let mut serial = [0u8; SERIAL_LEN];
+        serial[..serial_str.len()].copy_from_slice(serial_str.as_bytes());
+        let backend_id = a
+            .backend_id
+            .unwrap_or_else(|| format!("backend-{}", a.volume_id));
+        if backend_id.is_empty() || backend_id.len() > 64 {
+            return Err(ConfigError::BackendId(backend_id));
+        }
+        let cluster_key = match a.cluster_key_file {
+            Some(path) => match std::fs::read(&path) {
+                Ok(key) => key,
+                Err(source) => return Err(ConfigError::KeyFile { path, source }),
+            },
+            None => Vec::new(),
+        };
+        Ok(Config {
+            socket: a.socket,
+            volume_id: a.volume_id,
+            size_bytes: a.size_bytes,
+            primary: a.primary,
+            epoch: a.epoch,
+            queues: a.queues,
+            queue_size: a.queue_size,
+            read_only: a.read_only,
+            serial,
+            cluster_key,
+            retry_interval: millis("retry-interval-ms", a.retry_interval_ms)?,
+            connect_timeout: millis("connect-timeout-ms", a.connect_timeout_ms)?,
+            drain_timeout: millis("drain-timeout-ms", a.drain_timeout_ms)?,
+            log_interval: millis("log-interval-ms", a.log_interval_ms)?,
+            backend_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut v = vec![
+            "basalt-vhost-blk",
+            "--socket",
+            "/tmp/x.sock",
+            "--volume-id",
+            "7",
+            "--size-bytes",
+            "1048576",
+            "--primary",
+            "127.0.0.1:4000",
+        ];
+        v.extend_from_slice(extra);
+        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
+        Config::try_from(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = args(&[]).unwrap();
+        assert_eq!(c.queues, 2);
+        assert_eq!(c.queue_size, 256);
+        assert_eq!(c.epoch, 1);
+        assert_eq!(&c.serial[..8], b"basalt-7");
+        assert_eq!(c.serial[8..], [0; 12]);
+        assert_eq!(c.backend_id, "backend-7");
+        assert!(c.cluster_key.is_empty());
+        assert_eq!(c.retry_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(args(&["--queues", "0"]).unwrap_err().contains("--queues"));
+        assert!(args(&["--queues", "17"]).is_err());
+        assert!(args(&["--queue-size", "300"])
+            .unwrap_err()
+            .contains("power of two"));
+        assert!(args(&["--queue-size", "2048"]).is_err());
+        assert!(args(&["--serial", "123456789012345678901"]).is_err());
+        assert!(args(&["--serial", "12345678901234567890"]).is_ok());
+        assert!(args(&["--epoch", "0"]).is_err());
+        assert!(args(&["--retry-interval-ms", "0"]).is_err());
+        let e = args(&["--cluster-key-file", "/nonexistent/key"]).unwrap_err();
+        assert!(e.contains("cluster-key-file"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_size_and_primary() {
+        for (size, primary) in [
+            ("1000", "h:1"),
+            ("0", "h:1"),
+            ("512", "nohost"),
+            ("512", ":80"),
+            ("512", "h:0"),
+        ] {
+            let v = vec![
+                "x",
+                "--socket",
+                "s",
+                "--volume-id",
+                "1",
+                "--size-bytes",
+                size,
+                "--primary",
+                primary,
+            ];
+            let a = Args::try_parse_from(v).unwrap();
+            assert!(Config::try_from(a).is_err(), "{size} {primary}");
+        }
+        assert!(valid_host_port("[::1]:4000"));
+        assert!(valid_host_port("storage-1.example:4000"));
+    }
+}

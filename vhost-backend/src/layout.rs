@@ -1,0 +1,121 @@
+//! Where the volume's primary copy lives, and with which epoch we talk to it.
+//!
+//! Read by the queues only when they (re)connect, never on the I/O path. A
+//! future control-plane client updates it with [`Layout::update`] after a
+//! failover; queues pick the new primary and epoch up at their next reconnect.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+/// The part of a volume's layout a backend needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutSnapshot {
+    /// Data-plane address (HOST:PORT) of the primary copy.
+    pub primary: String,
+    /// Layout epoch carried by every request.
+    pub epoch: u64,
+}
+
+/// Why a queue asks for a fresh layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// The copy answered `StaleEpoch`: it has seen `theirs`, we sent `ours`.
+    StaleEpoch { ours: u64, theirs: u64 },
+    /// The server we reached is not (or no longer) the volume's primary.
+    WrongRole,
+    /// The server we reached holds no copy of the volume.
+    NoSuchVolume,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error(
+        "refusing to move epoch back from {current} to {requested}: layouts only move forward"
+    )]
+    EpochRegression { current: u64, requested: u64 },
+}
+
+/// Shared, per-volume layout.
+#[derive(Debug)]
+pub struct Layout {
+    inner: RwLock<LayoutSnapshot>,
+    epoch: AtomicU64,
+}
+
+impl Layout {
+    pub fn new(primary: String, epoch: u64) -> Layout {
+        Layout {
+            inner: RwLock::new(LayoutSnapshot { primary, epoch }),
+            epoch: AtomicU64::new(epoch),
+        }
+    }
+
+    /// The current layout (taken at connect time).
+    pub fn snapshot(&self) -> LayoutSnapshot {
+        match self.inner.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The current epoch, without taking the lock.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Installs a new layout (from the control service). The epoch may not
+    /// move backwards; an equal epoch may change the address.
+    pub fn update(&self, primary: String, epoch: u64) -> Result<(), LayoutError> {
+        let mut g = match self.inner.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if epoch < g.epoch {
+            return Err(LayoutError::EpochRegression {
+                current: g.epoch,
+                requested: epoch,
+            });
+        }
+        *g = LayoutSnapshot { primary, epoch };
+        self.epoch.store(epoch, Ordering::Release);
+        Ok(())
+    }
+
+    /// HOOK for the control-plane client: a queue found that its layout is
+    /// out of date (the queue logs why, rate-limited). Today there is nobody
+    /// to ask, so nothing happens and the queue keeps retrying with whatever
+    /// layout is installed. A stale epoch is never bumped locally: only the
+    /// control service may fence or unfence a backend. A later change asks
+    /// the control service for the current layout here and calls
+    /// [`Layout::update`].
+    pub fn request_refresh(&self, queue: u16, reason: RefreshReason) {
+        tracing::debug!(
+            queue,
+            ?reason,
+            "layout refresh requested (no control-plane client yet)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_moves_forward_only() {
+        let l = Layout::new("a:1".into(), 3);
+        assert_eq!(l.epoch(), 3);
+        l.update("b:2".into(), 4).unwrap();
+        assert_eq!(
+            l.snapshot(),
+            LayoutSnapshot {
+                primary: "b:2".into(),
+                epoch: 4
+            }
+        );
+        assert!(l.update("c:3".into(), 2).is_err());
+        assert_eq!(l.epoch(), 4);
+        l.update("c:3".into(), 4).unwrap();
+        assert_eq!(l.snapshot().primary, "c:3");
+    }
+}

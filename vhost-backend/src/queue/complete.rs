@@ -1,0 +1,266 @@
+//! Completion side of a queue: connection management and responses.
+
+use std::io::{self, BufReader};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use basalt_proto::wire::{read_frame, Header, Status, HEADER_LEN};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+
+use super::frames::{opcode, part_span, scatter};
+use super::{lock, Pending, QueueEngine, Used};
+use crate::layout::RefreshReason;
+use crate::primary;
+use crate::request::RequestKind;
+use crate::stats::bump;
+
+/// Read buffer of a connection: many small responses per syscall.
+const READ_BUF: usize = 256 << 10;
+
+/// Why a connection was given up.
+enum End {
+    Stopped,
+    Io(io::Error),
+    Protocol(&'static str),
+    Retry(Status),
+    Stale { ours: u64, theirs: u64 },
+}
+
+/// Whether `fd` has data to read right now.
+fn readable_now(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0
+}
+
+impl QueueEngine {
+    pub(super) fn run_completions(self: Arc<Self>) {
+        let mut payload = Vec::new();
+        let mut done: Vec<Used> = Vec::with_capacity(usize::from(self.vol.config.queue_size));
+        let mut first = true;
+        while !self.stopped() {
+            if !first {
+                self.pause(self.vol.config.retry_interval);
+            }
+            first = false;
+            let Some(stream) = self.establish() else {
+                continue;
+            };
+            let end = self.read_responses(stream, &mut payload, &mut done);
+            self.publish(&mut done);
+            self.disconnect();
+            self.report(end);
+        }
+    }
+
+    fn establish(&self) -> Option<TcpStream> {
+        let layout = self.vol.layout.snapshot();
+        let stream = match primary::connect(&layout.primary, layout.epoch, &self.vol.connect) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(n) = self.conn_log.check() {
+                    tracing::warn!(
+                        queue = self.index,
+                        suppressed = n,
+                        "{e} (retrying every {:?})",
+                        self.vol.config.retry_interval
+                    );
+                }
+                return None;
+            }
+        };
+        let (Ok(w), Ok(live)) = (stream.try_clone(), stream.try_clone()) else {
+            tracing::warn!(
+                queue = self.index,
+                "cannot duplicate the primary socket (out of file descriptors?); retrying"
+            );
+            return None;
+        };
+        let in_flight = {
+            let mut st = lock(&self.state);
+            if self.stopped() {
+                return None;
+            }
+            st.gen += 1;
+            st.epoch = layout.epoch;
+            st.pending = Some(Pending {
+                stream: w,
+                epoch: layout.epoch,
+            });
+            st.live = Some(live);
+            st.inflight.len()
+        };
+        bump(&self.counters().reconnects, 1);
+        tracing::info!(queue = self.index, primary = %layout.primary, epoch = layout.epoch, in_flight, "connected to primary");
+        if let Err(e) = self.resubmit_evt.write(1) {
+            tracing::error!(queue = self.index, "cannot wake the queue worker: {e}");
+        }
+        Some(stream)
+    }
+
+    fn disconnect(&self) {
+        let mut st = lock(&self.state);
+        st.gen += 1;
+        st.pending = None;
+        if let Some(s) = st.live.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn report(&self, end: End) {
+        let interval = self.vol.config.retry_interval;
+        let (q, quiet) = (self.index, self.stopped());
+        if !matches!(end, End::Stopped) && !quiet {
+            bump(&self.counters().retries, 1);
+        }
+        match end {
+            End::Stopped => {}
+            _ if quiet => {}
+            End::Io(e) => {
+                if let Some(n) = self.conn_log.check() {
+                    tracing::warn!(queue = q, suppressed = n, "connection to primary lost ({e}); reconnecting in {interval:?} and resubmitting in-flight requests");
+                }
+            }
+            End::Protocol(what) => {
+                if let Some(n) = self.conn_log.check() {
+                    tracing::error!(
+                        queue = q,
+                        suppressed = n,
+                        "primary broke the protocol ({what}); reconnecting in {interval:?}"
+                    );
+                }
+            }
+            End::Stale { ours, theirs } => {
+                if let Some(n) = self.conn_log.check() {
+                    tracing::error!(
+                        queue = q,
+                        suppressed = n,
+                        ours,
+                        theirs,
+                        "primary refused our epoch as stale: this backend has been fenced; requests wait \
+                         for a new layout from the control service (retrying every {interval:?})"
+                    );
+                }
+            }
+            End::Retry(status) => {
+                if let Some(n) = self.conn_log.check() {
+                    tracing::warn!(queue = q, suppressed = n, "primary answered {status:?}; reconnecting in {interval:?} and resubmitting in-flight requests");
+                }
+            }
+        }
+    }
+
+    fn read_responses(
+        &self,
+        stream: TcpStream,
+        payload: &mut Vec<u8>,
+        done: &mut Vec<Used>,
+    ) -> End {
+        let fd = stream.as_raw_fd();
+        let mut rd = BufReader::with_capacity(READ_BUF, stream);
+        loop {
+            let h = match read_frame(&mut rd, payload) {
+                Ok(h) => h,
+                Err(_) if self.stopped() => return End::Stopped,
+                Err(e) => return End::Io(e),
+            };
+            if let Err(end) = self.on_response(&h, payload, done) {
+                return end;
+            }
+            // Signal the guest once per burst: when no further response is
+            // buffered (not even its header) or waiting on the socket.
+            if done.len() >= done.capacity()
+                || (rd.buffer().len() < HEADER_LEN && !readable_now(fd))
+            {
+                self.publish(done);
+            }
+        }
+    }
+
+    fn on_response(&self, h: &Header, payload: &[u8], done: &mut Vec<Used>) -> Result<(), End> {
+        if !h.is_response() {
+            return Err(End::Protocol(
+                "a request frame where a response was expected",
+            ));
+        }
+        if h.volume_id != self.vol.config.volume_id {
+            return Err(End::Protocol("a response for another volume"));
+        }
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap<()> = &guard;
+        let mut st = lock(&self.state);
+        let Some((slot, part)) = st.inflight.lookup(h.request_id) else {
+            // An abandoned request (drain timeout, reset) or a duplicate.
+            tracing::debug!(
+                queue = self.index,
+                id = h.request_id,
+                "response for no request in flight; ignored"
+            );
+            return Ok(());
+        };
+        let ours = st.epoch;
+        let s = st.inflight.slot_mut(slot);
+        if h.opcode != opcode(s.req.kind) {
+            return Err(End::Protocol("a response with the wrong opcode"));
+        }
+        match h.status {
+            Status::Ok if s.req.kind == RequestKind::In => {
+                let (off, len) = part_span(&s.req, part);
+                if payload.len() != len as usize {
+                    return Err(End::Protocol("a read response of the wrong length"));
+                }
+                if let Err(e) = scatter(mem, &s.req.data, off, payload) {
+                    s.failed = true;
+                    self.guest_error(format_args!("{e}"));
+                }
+            }
+            Status::Ok => {}
+            Status::StaleEpoch => {
+                let reason = RefreshReason::StaleEpoch {
+                    ours,
+                    theirs: h.epoch,
+                };
+                drop(st);
+                self.vol.layout.request_refresh(self.index, reason);
+                return Err(End::Stale {
+                    ours,
+                    theirs: h.epoch,
+                });
+            }
+            Status::WrongRole | Status::NoSuchVolume => {
+                let reason = if h.status == Status::WrongRole {
+                    RefreshReason::WrongRole
+                } else {
+                    RefreshReason::NoSuchVolume
+                };
+                drop(st);
+                self.vol.layout.request_refresh(self.index, reason);
+                return Err(End::Retry(h.status));
+            }
+            Status::MirrorUnavailable => return Err(End::Retry(h.status)),
+            other => {
+                s.failed = true;
+                if let Some(n) = self.conn_log.check() {
+                    tracing::warn!(
+                        queue = self.index,
+                        suppressed = n,
+                        "primary answered {other:?} to {:?} at offset {}; failing the guest request with IOERR",
+                        s.req.kind,
+                        h.offset
+                    );
+                }
+            }
+        }
+        s.done |= 1 << part;
+        if s.is_done() {
+            done.push(self.finish(&mut st, slot, mem));
+        }
+        Ok(())
+    }
+}

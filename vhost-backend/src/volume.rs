@@ -1,0 +1,36 @@
+//! Per-volume state that outlives VMM sessions.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::primary::ConnectParams;
+use crate::stats::Stats;
+use crate::virtio_blk::BlkConfigSpace;
+
+#[derive(Debug)]
+pub struct Volume {
+    pub config: Config,
+    pub blk: BlkConfigSpace,
+    pub layout: Arc<Layout>,
+    pub stats: Arc<Stats>,
+    pub(crate) connect: ConnectParams,
+}
+
+impl Volume {
+    pub fn new(config: Config) -> Volume {
+        let connect = ConnectParams {
+            backend_id: config.backend_id.clone(),
+            cluster_key: config.cluster_key.clone(),
+            volume_id: config.volume_id,
+            timeout: config.connect_timeout,
+        };
+        Volume {
+            blk: BlkConfigSpace::new(config.size_bytes, config.queues, config.queue_size),
+            layout: Arc::new(Layout::new(config.primary.clone(), config.epoch)),
+            stats: Arc::new(Stats::new(usize::from(config.queues))),
+            connect,
+            config,
+        }
+    }
+}

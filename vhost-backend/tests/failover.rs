@@ -1,0 +1,192 @@
+//! Primary failures never reach the guest: requests wait, the queue
+//! reconnects (to wherever the layout points) and resubmits them.
+
+mod common;
+
+use std::time::Duration;
+
+use basalt_storage::testing::LocalServer;
+use common::blk::Blk;
+use common::{init_logging, pattern, Backend, Harness, Opts};
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn requests_survive_a_primary_restart() -> anyhow::Result<()> {
+    let mut h = Harness::start(Opts {
+        size: 16 << 20,
+        ..Opts::default()
+    })?;
+    let mut model = vec![0u8; h.opts.size as usize];
+    let mut blk = Blk::connect(&h.backend.socket, 2, 16 * MIB)?;
+    pattern(1, &mut blk.mem()[..64 << 10]);
+    model[..64 << 10].copy_from_slice(&blk.mem()[..64 << 10]);
+    blk.write(0, 0, 0, 64 << 10, 1);
+    blk.wait_ok(0, 1)?;
+
+    // The primary goes away with nothing in flight; then requests arrive.
+    drop(h.storage.take());
+    pattern(2, &mut blk.mem()[MIB..6 * MIB]);
+    model[MIB..6 * MIB].copy_from_slice(&blk.mem()[MIB..6 * MIB]);
+    blk.write(0, MIB as u64, MIB, 5 * MIB, 2); // split in two wire requests
+    pattern(3, &mut blk.mem()[7 * MIB..7 * MIB + 4096]);
+    model[7 * MIB..7 * MIB + 4096].copy_from_slice(&blk.mem()[7 * MIB..7 * MIB + 4096]);
+    blk.write(1, 7 * MIB as u64, 7 * MIB, 4096, 3);
+    blk.read(1, 0, 8 * MIB, 64 << 10, 4);
+    assert!(blk.kick(0)?.is_empty() && blk.kick(1)?.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // It comes back on another port; the layout is updated (as the control
+    // service will do after a failover).
+    let storage = LocalServer::start(&h.storage_dir(), "s1")?;
+    h.backend.layout.update(storage.data_addr.to_string(), 1)?;
+    blk.wait_ok(0, 1)?;
+    blk.wait_ok(1, 2)?;
+    assert!(blk.mem()[8 * MIB..8 * MIB + (64 << 10)] == model[..64 << 10]);
+
+    drop(blk);
+    let copy = storage.read_copy(h.opts.volume_id)?;
+    assert!(
+        copy[..model.len()] == model[..],
+        "copy differs after resubmission"
+    );
+    let stats = h.backend.stats.total();
+    assert!(
+        stats.retries >= 2 && stats.reconnects >= 4 && stats.errors == 0,
+        "{stats:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn requests_in_flight_when_the_primary_dies_complete_after_it_returns() -> anyhow::Result<()> {
+    let mut h = Harness::start(Opts {
+        size: 16 << 20,
+        ..Opts::default()
+    })?;
+    let mut model = vec![0u8; h.opts.size as usize];
+    let mut blk = Blk::connect(&h.backend.socket, 2, 16 * MIB)?;
+    pattern(9, &mut blk.mem()[..8 * MIB]);
+    // 128 writes of 64 KiB over both queues, submitted but not awaited.
+    let len = 64 << 10;
+    for i in 0..128 {
+        let off = i * len;
+        model[off..off + len].copy_from_slice(&blk.mem()[off..off + len]);
+        blk.write(i % 2, off as u64, off, len, i);
+    }
+    let mut done = blk.kick(0)?;
+    done.extend(blk.kick(1)?);
+    drop(h.storage.take());
+    let before = done.len();
+
+    let storage = LocalServer::start(&h.storage_dir(), "s1")?;
+    h.backend.layout.update(storage.data_addr.to_string(), 1)?;
+    let left0 = 64 - done.iter().filter(|(u, _)| u % 2 == 0).count();
+    let left1 = 64 - done.iter().filter(|(u, _)| u % 2 == 1).count();
+    done.extend(blk.wait(0, left0)?);
+    done.extend(blk.wait(1, left1)?);
+    assert!(
+        done.iter().all(|&(_, ret)| ret == 0),
+        "a guest request failed: {done:?}"
+    );
+    drop(blk);
+    assert!(storage.read_copy(h.opts.volume_id)?[..model.len()] == model[..]);
+    let stats = h.backend.stats.total();
+    eprintln!("{before} of 128 completed before the primary died; {stats:?}");
+    assert!(stats.retries >= 2 && stats.errors == 0, "{stats:?}");
+    Ok(())
+}
+
+#[test]
+fn wrong_role_is_retried_until_the_layout_names_the_primary() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da)?;
+    std::fs::create_dir_all(&db)?;
+    let opts = Opts {
+        size: 8 << 20,
+        queues: 1,
+        ..Opts::default()
+    };
+    let a = LocalServer::start(&da, "a")?;
+    a.create_primary(opts.volume_id, opts.size)?;
+    let b = LocalServer::start(&db, "b")?;
+    b.create_mirror(opts.volume_id, opts.size, "a")?;
+
+    // Pointed at the mirror: it answers WrongRole, the request waits.
+    let backend = Backend::start(dir.path().join("sock"), &b.data_addr.to_string(), &opts)?;
+    let mut blk = Blk::connect(&backend.socket, 1, MIB)?;
+    pattern(5, &mut blk.mem()[..8192]);
+    let data = blk.mem()[..8192].to_vec();
+    blk.write(0, 4096, 0, 8192, 1);
+    assert!(blk.kick(0)?.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        backend.stats.total().retries >= 1,
+        "{:?}",
+        backend.stats.total()
+    );
+
+    backend.layout.update(a.data_addr.to_string(), 1)?;
+    blk.wait_ok(0, 1)?;
+    drop(blk);
+    assert!(a.read_copy(opts.volume_id)?[4096..4096 + 8192] == data[..]);
+    assert_eq!(backend.stats.total().errors, 0);
+    Ok(())
+}
+
+#[test]
+fn stale_epoch_is_never_acknowledged_and_waits_for_a_new_layout() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let sdir = dir.path().join("s");
+    std::fs::create_dir_all(&sdir)?;
+    let opts = Opts {
+        size: 8 << 20,
+        queues: 1,
+        ..Opts::default()
+    };
+    let storage = LocalServer::start(&sdir, "s1")?;
+    storage.create_primary(opts.volume_id, opts.size)?;
+    let primary = storage.data_addr.to_string();
+
+    // A backend at epoch 2 writes: the copy now refuses epoch 1.
+    let mut newer = common::args(&dir.path().join("new.sock"), &primary, &opts);
+    newer.epoch = 2;
+    let config = basalt_vhost_backend::Config::try_from(newer)?;
+    let server = basalt_vhost_backend::Server::bind(config)?;
+    let stop = server.stop_handle();
+    let t = std::thread::spawn(move || server.run());
+    {
+        let mut blk = Blk::connect(&dir.path().join("new.sock"), 1, MIB)?;
+        blk.mem()[..4096].fill(2);
+        blk.write(0, 0, 0, 4096, 1);
+        blk.wait_ok(0, 1)?;
+    }
+    stop.stop();
+    t.join()
+        .map_err(|_| anyhow::anyhow!("backend panicked"))??;
+
+    // A fenced backend (epoch 1) gets StaleEpoch: its write waits, is never
+    // applied, and is not failed either.
+    let old = Backend::start(dir.path().join("old.sock"), &primary, &opts)?;
+    let mut blk = Blk::connect(&old.socket, 1, MIB)?;
+    blk.mem()[..4096].fill(1);
+    blk.write(0, 0, 0, 4096, 1);
+    assert!(blk.kick(0)?.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(blk.kick(0)?.is_empty(), "a fenced write must not complete");
+    assert!(storage.read_copy(opts.volume_id)?[..4096]
+        .iter()
+        .all(|&b| b == 2));
+    assert!(old.stats.total().retries >= 1);
+
+    // The control service hands out the new epoch: the write goes through.
+    old.layout.update(primary, 2)?;
+    blk.wait_ok(0, 1)?;
+    assert!(storage.read_copy(opts.volume_id)?[..4096]
+        .iter()
+        .all(|&b| b == 1));
+    Ok(())
+}
