@@ -1,0 +1,6 @@
+//! Harness for Basalt's end-to-end tests: real `basalt-storage` and
+//! `basalt-vhost-blk` processes on loopback, and a real QEMU guest.
+
+pub mod cluster;
+pub mod guest;
+pub mod procs;
