@@ -1,7 +1,11 @@
 //! Compiles the gRPC protos with protox (pure Rust; no protoc needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["protos/basalt/storage/v1/admin.proto"];
+    let protos = [
+        "protos/basalt/storage/v1/admin.proto",
+        "protos/basalt/control/v1/control.proto",
+        "protos/basalt/node/v1/node.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -5,6 +5,8 @@
 //!   `proto/WIRE.md`).
 //! - [`storage_admin`]: the gRPC admin API of a storage server
 //!   (`basalt.storage.v1`).
+//! - [`control`]: the control service's API (`basalt.control.v1`).
+//! - [`node`]: the node manager's API (`basalt.node.v1`).
 
 pub mod wire;
 
@@ -12,4 +14,16 @@ pub mod wire;
 pub mod storage_admin {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("basalt.storage.v1");
+}
+
+/// gRPC API of the control service, package `basalt.control.v1`.
+pub mod control {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("basalt.control.v1");
+}
+
+/// gRPC API of the node manager, package `basalt.node.v1`.
+pub mod node {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("basalt.node.v1");
 }

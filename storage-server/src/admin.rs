@@ -69,7 +69,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
     }
 }
 
-fn disk_space(path: &std::path::Path) -> (u64, u64) {
+pub(crate) fn disk_space(path: &std::path::Path) -> (u64, u64) {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return (0, 0);
     };
@@ -162,6 +162,25 @@ impl StorageAdmin for AdminService {
             .map_err(grpc_status)?;
         tracing::info!(volume = r.volume_id, epoch = c.epoch(), "layout changed");
         Ok(Response::new(pb::SetLayoutResponse {
+            copy: Some(info(&c)),
+        }))
+    }
+
+    async fn resize_copy(
+        &self,
+        r: Request<pb::ResizeCopyRequest>,
+    ) -> Result<Response<pb::ResizeCopyResponse>, Status> {
+        let r = r.into_inner();
+        let c = self
+            .store
+            .resize(r.volume_id, r.new_size_bytes)
+            .map_err(grpc_status)?;
+        tracing::info!(
+            volume = r.volume_id,
+            size = r.new_size_bytes,
+            "resized copy"
+        );
+        Ok(Response::new(pb::ResizeCopyResponse {
             copy: Some(info(&c)),
         }))
     }

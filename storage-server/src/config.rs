@@ -37,6 +37,17 @@ pub struct Args {
     /// file (atomically), so supervisors can wait for it and learn the ports.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Control service to register with and send heartbeats to, e.g.
+    /// http://127.0.0.1:7400. Without it the server is managed by hand.
+    #[arg(long, env = "BASALT_CONTROL")]
+    pub control: Option<String>,
+    /// Failure-domain label (zone or rack) used by placement.
+    #[arg(long, default_value = "")]
+    pub zone: String,
+    /// Data-plane address to advertise to the control service (default: the
+    /// listen address).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +74,9 @@ pub struct ServerConfig {
     pub mirror_timeout: Duration,
     pub mirror_reconnect: Duration,
     pub ready_file: Option<PathBuf>,
+    pub control: Option<String>,
+    pub zone: String,
+    pub advertise: Option<SocketAddr>,
 }
 
 pub fn valid_server_id(id: &str) -> bool {
@@ -102,6 +116,9 @@ impl TryFrom<Args> for ServerConfig {
             mirror_timeout: Duration::from_millis(a.mirror_timeout_ms),
             mirror_reconnect: Duration::from_millis(a.mirror_reconnect_ms),
             ready_file: a.ready_file,
+            control: a.control,
+            zone: a.zone,
+            advertise: a.advertise,
         })
     }
 }

@@ -24,6 +24,8 @@ pub enum CopyError {
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("epoch {got} is older than this copy's epoch {current}: the sender was fenced")]
     StaleEpoch { got: u64, current: u64 },
+    #[error("cannot shrink a copy from {size} to {requested} bytes: volumes only grow")]
+    Shrink { size: u64, requested: u64 },
     #[error("disk I/O failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -168,6 +170,29 @@ impl Copy {
         self.primary
             .store(next.role == Role::Primary, Ordering::Release);
         Ok(next)
+    }
+
+    /// Grows the copy: the file first, then the persisted size, so a crash
+    /// in between is repaired by [`Copy::open`]. Shrinking is refused.
+    pub fn grow(&self, new_size: u64) -> Result<(), CopyError> {
+        let mut m = lock(&self.meta);
+        if new_size < m.size_bytes {
+            return Err(CopyError::Shrink {
+                size: m.size_bytes,
+                requested: new_size,
+            });
+        }
+        if new_size == m.size_bytes {
+            return Ok(());
+        }
+        self.file.set_len(new_size)?;
+        self.file.sync_all()?;
+        let mut next = m.clone();
+        next.size_bytes = new_size;
+        next.store(&self.dir)?;
+        *m = next;
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
     }
 
     pub fn mirrors(&self) -> Arc<Vec<Arc<MirrorLink>>> {

@@ -10,6 +10,7 @@ pub fn wire_status(e: &CopyError) -> Status {
         CopyError::OutOfRange { .. } => Status::OutOfRange,
         CopyError::StaleEpoch { .. } => Status::StaleEpoch,
         CopyError::Io(_) => Status::IoError,
+        CopyError::Shrink { .. } => Status::InvalidRequest,
     }
 }
 
@@ -21,6 +22,7 @@ pub fn grpc_status(e: StoreError) -> tonic::Status {
         StoreError::Invalid(_) => tonic::Status::invalid_argument(msg),
         StoreError::Copy(CopyError::StaleEpoch { .. }) => tonic::Status::failed_precondition(msg),
         StoreError::Copy(CopyError::OutOfRange { .. }) => tonic::Status::invalid_argument(msg),
+        StoreError::Copy(CopyError::Shrink { .. }) => tonic::Status::failed_precondition(msg),
         StoreError::Copy(CopyError::Io(_)) | StoreError::Io(_) => tonic::Status::internal(msg),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control_client;
 pub mod copy;
 pub mod dataplane;
 mod error_map;
@@ -94,6 +95,17 @@ impl Bound {
             data_dir: self.config.data_dir.clone(),
         };
         tracing::info!(server = %self.config.server_id, data = %self.data_addr, admin = %self.admin_addr, copies = self.store.list().len(), "basalt-storage ready");
+        let registration = self.config.control.clone().map(|control_url| {
+            let data = self.config.advertise.unwrap_or(self.data_addr);
+            tokio::spawn(control_client::run(control_client::Registration {
+                control_url,
+                server_id: self.config.server_id.clone(),
+                zone: self.config.zone.clone(),
+                data_address: data.to_string(),
+                admin_address: self.admin_addr.to_string(),
+                data_dir: self.config.data_dir.clone(),
+            }))
+        });
         if let Some(path) = &self.config.ready_file {
             write_ready_file(path, self.data_addr, self.admin_addr)?;
         }
@@ -103,6 +115,9 @@ impl Bound {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         data.abort();
+        if let Some(t) = registration {
+            t.abort();
+        }
         r.context("admin server failed")
     }
 }

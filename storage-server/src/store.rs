@@ -198,6 +198,17 @@ impl Store {
         Ok(())
     }
 
+    pub fn resize(&self, volume_id: u64, new_size: u64) -> Result<Arc<Copy>, StoreError> {
+        if new_size == 0 || !new_size.is_multiple_of(4096) || new_size > MAX_VOLUME_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "new_size_bytes must be a non-zero multiple of 4096 up to {MAX_VOLUME_BYTES}, got {new_size}"
+            )));
+        }
+        let copy = self.get(volume_id).ok_or(StoreError::NotFound(volume_id))?;
+        copy.grow(new_size)?;
+        Ok(copy)
+    }
+
     pub fn set_layout(&self, volume_id: u64, layout: Layout) -> Result<Arc<Copy>, StoreError> {
         layout.validate(self.local_id())?;
         let copy = self.get(volume_id).ok_or(StoreError::NotFound(volume_id))?;

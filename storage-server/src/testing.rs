@@ -35,6 +35,9 @@ impl LocalServer {
             mirror_timeout: Duration::from_secs(2),
             mirror_reconnect: Duration::from_millis(50),
             ready_file: None,
+            control: None,
+            zone: String::new(),
+            advertise: None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -1,0 +1,76 @@
+//! Flags of `basalt-control`. Every timer is a flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// basalt-control: the Basalt control service.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded metadata store.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Heartbeat interval asked of storage servers and node managers.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+    /// A peer with no heartbeat for this long is DOWN.
+    #[arg(long, default_value_t = 5000)]
+    pub down_after_ms: u64,
+    /// How often interrupted operations are retried.
+    #[arg(long, default_value_t = 2000)]
+    pub reconcile_interval_ms: u64,
+    /// Timeout for calls to storage servers and node managers.
+    #[arg(long, default_value_t = 10_000)]
+    pub peer_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} must be greater than zero")]
+    ZeroTimer(&'static str),
+    #[error("--down-after-ms must be longer than --heartbeat-interval-ms")]
+    DownTooShort,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub down_after: Duration,
+    pub reconcile_interval: Duration,
+    pub peer_timeout: Duration,
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+    fn try_from(a: Args) -> Result<Config, ConfigError> {
+        for (v, n) in [
+            (a.heartbeat_interval_ms, "--heartbeat-interval-ms"),
+            (a.down_after_ms, "--down-after-ms"),
+            (a.reconcile_interval_ms, "--reconcile-interval-ms"),
+            (a.peer_timeout_ms, "--peer-timeout-ms"),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroTimer(n));
+            }
+        }
+        if a.down_after_ms <= a.heartbeat_interval_ms {
+            return Err(ConfigError::DownTooShort);
+        }
+        Ok(Config {
+            listen: a.listen,
+            state_dir: a.state_dir,
+            heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
+            down_after: Duration::from_millis(a.down_after_ms),
+            reconcile_interval: Duration::from_millis(a.reconcile_interval_ms),
+            peer_timeout: Duration::from_millis(a.peer_timeout_ms),
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! Records → API messages.
+
+use basalt_proto::control as pb;
+
+use crate::model::{AttachState, VolumeRecord, VolumeState};
+use crate::Control;
+
+impl Control {
+    pub fn volume_pb(&self, v: &VolumeRecord) -> pb::Volume {
+        let copy_ref = |id: &str| pb::CopyRef {
+            server_id: id.to_owned(),
+            address: self
+                .registry
+                .server(&*self.store, id)
+                .map(|s| s.data_address)
+                .unwrap_or_default(),
+        };
+        let state = match (v.state, v.attachment.as_ref().map(|a| a.state)) {
+            (VolumeState::Creating, _) => "CREATING",
+            (VolumeState::Deleting, _) => "DELETING",
+            (VolumeState::Resizing, _) => "RESIZING",
+            (VolumeState::Available, Some(AttachState::Attaching)) => "ATTACHING",
+            (VolumeState::Available, Some(AttachState::Detaching)) => "DETACHING",
+            (VolumeState::Available, Some(AttachState::Attached)) => "ATTACHED",
+            (VolumeState::Available, None) => "AVAILABLE",
+        };
+        pb::Volume {
+            id: v.id,
+            name: v.name.clone(),
+            tenant: v.tenant.clone(),
+            size_bytes: v.size_bytes,
+            state: state.into(),
+            primary: v.copies.first().map(|c| copy_ref(&c.server_id)),
+            mirrors: v
+                .copies
+                .iter()
+                .skip(1)
+                .map(|c| copy_ref(&c.server_id))
+                .collect(),
+            epoch: v.epoch,
+            attachment: v.attachment.as_ref().map(|a| pb::Attachment {
+                node_id: a.node_id.clone(),
+                read_only: a.read_only,
+                state: format!("{:?}", a.state).to_uppercase(),
+                socket_path: a.socket_path.clone(),
+                qemu_args: a.qemu_args.clone(),
+                cloud_hypervisor_args: a.cloud_hypervisor_args.clone(),
+            }),
+            copies: v.copies.len() as u32,
+            created_at: v.created_at,
+        }
+    }
+}

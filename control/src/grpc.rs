@@ -1,0 +1,158 @@
+//! The tonic server: a thin layer over [`Control`].
+
+use std::sync::Arc;
+
+use basalt_proto::control as pb;
+use basalt_proto::control::control_server;
+use tonic::{Request, Response, Status};
+
+use crate::error::ControlError;
+use crate::model::ServerRecord;
+use crate::store::{get_json, put_json, Table};
+use crate::Control;
+
+pub struct Api(pub Arc<Control>);
+
+type R<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl control_server::Control for Api {
+    async fn create_volume(&self, r: Request<pb::CreateVolumeRequest>) -> R<pb::Volume> {
+        let v = self.0.create_volume(r.into_inner()).await?;
+        Ok(Response::new(self.0.volume_pb(&v)))
+    }
+
+    async fn delete_volume(
+        &self,
+        r: Request<pb::DeleteVolumeRequest>,
+    ) -> R<pb::DeleteVolumeResponse> {
+        self.0
+            .delete_volume(&r.into_inner().volume.unwrap_or_default())
+            .await?;
+        Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+
+    async fn describe_volume(&self, r: Request<pb::DescribeVolumeRequest>) -> R<pb::Volume> {
+        let v = self.0.find(&r.into_inner().volume.unwrap_or_default())?;
+        Ok(Response::new(self.0.volume_pb(&v)))
+    }
+
+    async fn list_volumes(&self, r: Request<pb::ListVolumesRequest>) -> R<pb::ListVolumesResponse> {
+        let tenant = r.into_inner().tenant;
+        let volumes = self
+            .0
+            .volumes()?
+            .iter()
+            .filter(|v| tenant.is_empty() || v.tenant == tenant)
+            .map(|v| self.0.volume_pb(v))
+            .collect();
+        Ok(Response::new(pb::ListVolumesResponse { volumes }))
+    }
+
+    async fn resize_volume(&self, r: Request<pb::ResizeVolumeRequest>) -> R<pb::Volume> {
+        let v = self.0.resize(r.into_inner()).await?;
+        Ok(Response::new(self.0.volume_pb(&v)))
+    }
+
+    async fn attach_volume(&self, r: Request<pb::AttachVolumeRequest>) -> R<pb::Volume> {
+        let v = self.0.attach(r.into_inner()).await?;
+        Ok(Response::new(self.0.volume_pb(&v)))
+    }
+
+    async fn detach_volume(&self, r: Request<pb::DetachVolumeRequest>) -> R<pb::Volume> {
+        let v = self
+            .0
+            .detach(&r.into_inner().volume.unwrap_or_default())
+            .await?;
+        Ok(Response::new(self.0.volume_pb(&v)))
+    }
+
+    async fn register_storage_server(
+        &self,
+        r: Request<pb::RegisterStorageServerRequest>,
+    ) -> R<pb::RegisterStorageServerResponse> {
+        let s = r
+            .into_inner()
+            .server
+            .ok_or_else(|| Status::invalid_argument("server is required"))?;
+        tracing::info!(server = %s.server_id, data = %s.data_address, "storage server registered");
+        self.0.registry.register_server(&*self.0.store, s)?;
+        Ok(Response::new(pb::RegisterStorageServerResponse {
+            heartbeat_interval_ms: self.0.heartbeat_ms(),
+        }))
+    }
+
+    async fn storage_server_heartbeat(
+        &self,
+        r: Request<pb::StorageServerHeartbeatRequest>,
+    ) -> R<pb::StorageServerHeartbeatResponse> {
+        self.0
+            .registry
+            .server_heartbeat(&*self.0.store, r.into_inner())?;
+        Ok(Response::new(pb::StorageServerHeartbeatResponse {}))
+    }
+
+    async fn list_storage_servers(
+        &self,
+        _: Request<pb::ListStorageServersRequest>,
+    ) -> R<pb::ListStorageServersResponse> {
+        Ok(Response::new(pb::ListStorageServersResponse {
+            servers: self.0.servers_pb()?,
+        }))
+    }
+
+    async fn drain_storage_server(
+        &self,
+        r: Request<pb::DrainStorageServerRequest>,
+    ) -> R<pb::StorageServer> {
+        let id = r.into_inner().server_id;
+        let _op = self.0.ops.lock().await;
+        let mut s: ServerRecord = get_json(&*self.0.store, Table::Servers, &id)
+            .map_err(ControlError::from)?
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("storage server {id:?} is not registered"))
+            })?;
+        if !s.draining {
+            s.draining = true;
+            self.0
+                .store
+                .apply(vec![put_json(Table::Servers, id.clone(), &s)])
+                .map_err(ControlError::from)?;
+            tracing::info!(server = %id, "draining: no new copies will be placed here");
+        }
+        let pb = self.0.servers_pb()?.into_iter().find(|x| x.server_id == id);
+        pb.map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("storage server {id:?} is not registered")))
+    }
+
+    async fn register_node(
+        &self,
+        r: Request<pb::RegisterNodeRequest>,
+    ) -> R<pb::RegisterNodeResponse> {
+        let n = r
+            .into_inner()
+            .node
+            .ok_or_else(|| Status::invalid_argument("node is required"))?;
+        tracing::info!(node = %n.node_id, address = %n.address, "node registered");
+        self.0.registry.register_node(&*self.0.store, n)?;
+        Ok(Response::new(pb::RegisterNodeResponse {
+            heartbeat_interval_ms: self.0.heartbeat_ms(),
+        }))
+    }
+
+    async fn node_heartbeat(
+        &self,
+        r: Request<pb::NodeHeartbeatRequest>,
+    ) -> R<pb::NodeHeartbeatResponse> {
+        self.0
+            .registry
+            .node_heartbeat(&*self.0.store, r.into_inner())?;
+        Ok(Response::new(pb::NodeHeartbeatResponse {}))
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> R<pb::ListNodesResponse> {
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: self.0.registry.nodes_pb(&*self.0.store)?,
+        }))
+    }
+}

@@ -1,0 +1,105 @@
+//! Basalt control service: owns volumes' layouts (placement, epochs,
+//! attachments), tracks storage servers and node managers, and persists
+//! every change in a metadata store before acting on it.
+
+pub mod clients;
+pub mod config;
+mod convert;
+pub mod error;
+mod grpc;
+pub mod model;
+pub mod placement;
+mod reconcile;
+pub mod registry;
+pub mod store;
+mod volumes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use basalt_proto::control as pb;
+use tokio::net::TcpListener;
+
+pub use config::{Args, Config};
+pub use volumes::{DEFAULT_TENANT, MAX_COPIES, MAX_VOLUME, MIN_VOLUME};
+
+pub struct Control {
+    pub store: Arc<dyn store::MetaStore>,
+    pub registry: registry::Registry,
+    clients: clients::Clients,
+    ops: tokio::sync::Mutex<()>,
+    config: Config,
+}
+
+impl Control {
+    pub fn new(config: Config, store: Arc<dyn store::MetaStore>) -> Control {
+        Control {
+            store,
+            registry: registry::Registry::new(config.down_after),
+            clients: clients::Clients {
+                connect_timeout: config.peer_timeout.min(std::time::Duration::from_secs(2)),
+                request_timeout: config.peer_timeout,
+            },
+            ops: tokio::sync::Mutex::new(()),
+            config,
+        }
+    }
+
+    fn heartbeat_ms(&self) -> u64 {
+        self.config.heartbeat_interval.as_millis() as u64
+    }
+
+    fn servers_pb(&self) -> error::Result<Vec<pb::StorageServer>> {
+        let vols = self.volumes()?;
+        Ok(self
+            .registry
+            .servers(&*self.store)?
+            .iter()
+            .map(|s| {
+                let mine: Vec<_> = vols
+                    .iter()
+                    .filter(|v| v.copies.iter().any(|c| c.server_id == s.server_id))
+                    .collect();
+                let allocated = mine.iter().map(|v| v.size_bytes.max(v.target_size)).sum();
+                self.registry.server_pb(s, allocated, mine.len() as u32)
+            })
+            .collect())
+    }
+}
+
+/// Opens the store and binds the listener.
+pub async fn bind(config: Config) -> anyhow::Result<(Arc<Control>, TcpListener)> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
+    let path = config.state_dir.join("control.redb");
+    let store =
+        store::RedbStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    Ok((Arc::new(Control::new(config, Arc::new(store))), listener))
+}
+
+/// Serves the API and runs reconciliation until `shutdown` resolves.
+pub async fn serve(
+    control: Arc<Control>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let rec = control.clone();
+    let reconciler = tokio::spawn(async move {
+        loop {
+            rec.reconcile_once().await;
+            tokio::time::sleep(rec.config.reconcile_interval).await;
+        }
+    });
+    tracing::info!(listen = %listener.local_addr()?, "basalt-control ready");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let r = tonic::transport::Server::builder()
+        .add_service(pb::control_server::ControlServer::new(grpc::Api(control)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    reconciler.abort();
+    r.context("control API server failed")
+}

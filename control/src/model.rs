@@ -1,0 +1,101 @@
+//! Persisted records of the control service.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VolumeState {
+    /// Copies are being created (resumed after a restart).
+    Creating,
+    Available,
+    /// Growing to `target_size` (resumed after a restart).
+    Resizing,
+    /// Copies are being deleted (resumed after a restart).
+    Deleting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AttachState {
+    Attaching,
+    Attached,
+    Detaching,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    pub server_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    pub node_id: String,
+    pub read_only: bool,
+    pub state: AttachState,
+    #[serde(default)]
+    pub socket_path: String,
+    #[serde(default)]
+    pub qemu_args: Vec<String>,
+    #[serde(default)]
+    pub cloud_hypervisor_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: u64,
+    pub name: String,
+    pub tenant: String,
+    pub size_bytes: u64,
+    /// Set while resizing: the size being grown to.
+    #[serde(default)]
+    pub target_size: u64,
+    pub state: VolumeState,
+    /// First copy is the primary; the rest are the in-sync mirrors.
+    pub copies: Vec<CopyRecord>,
+    pub epoch: u64,
+    pub attachment: Option<AttachmentRecord>,
+    pub created_at: i64,
+}
+
+impl VolumeRecord {
+    pub fn key(&self) -> String {
+        key(self.id)
+    }
+
+    pub fn primary(&self) -> &str {
+        self.copies
+            .first()
+            .map(|c| c.server_id.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// Volume keys sort numerically.
+pub fn key(id: u64) -> String {
+    format!("{id:020}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub server_id: String,
+    pub data_address: String,
+    pub admin_address: String,
+    pub zone: String,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub address: String,
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
