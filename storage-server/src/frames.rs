@@ -44,6 +44,62 @@ pub fn encode_frame(h: &Header, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Frame buffers shared by the process's connections: a writer hands a
+/// buffer back after writing it, so building or receiving a large frame does
+/// not allocate (and fault in) fresh memory each time.
+pub mod pool {
+    use std::sync::Mutex;
+
+    use basalt_proto::wire::{Header, HEADER_LEN};
+
+    static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// Buffers smaller than this are not worth keeping: malloc serves them
+    /// from its free lists without touching the kernel.
+    pub const MIN_KEEP: usize = 16 << 10;
+    /// At most this many buffers are kept.
+    const MAX_KEPT: usize = 64;
+
+    fn lock() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+        POOL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A kept buffer (any length, contents unspecified) or an empty one.
+    pub fn take_any() -> Vec<u8> {
+        lock().pop().unwrap_or_default()
+    }
+
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    pub fn take(len: usize) -> Vec<u8> {
+        let mut b = if len >= MIN_KEEP {
+            take_any()
+        } else {
+            Vec::new()
+        };
+        // Shrinking is free; growing zeroes only the new tail.
+        b.resize(len, 0);
+        b
+    }
+
+    /// `take`, filled with `h` and `payload`.
+    pub fn frame(h: &Header, payload: &[u8]) -> Vec<u8> {
+        let mut b = take(HEADER_LEN + payload.len());
+        b[..HEADER_LEN].copy_from_slice(&h.encode());
+        b[HEADER_LEN..].copy_from_slice(payload);
+        b
+    }
+
+    /// Returns a buffer that is no longer needed.
+    pub fn put(b: Vec<u8>) {
+        if b.capacity() >= MIN_KEEP {
+            let mut p = lock();
+            if p.len() < MAX_KEPT {
+                p.push(b);
+            }
+        }
+    }
+}
+
 /// Server side of the handshake. Returns the authenticated peer.
 pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,

@@ -11,18 +11,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use basalt_proto::wire::{Header, PeerRole, Status};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use basalt_proto::wire::{Header, PeerRole, Status, HEADER_LEN};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::frames::{connect_hello, encode_frame, read_frame};
+use crate::frames::{connect_hello, pool, read_frame};
 use crate::meta::PeerMeta;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Status>>>>;
 
+/// A frame queued on a link.
+enum LinkFrame {
+    /// Header and payload in one buffer.
+    Bytes(Vec<u8>),
+    /// A header and a large payload shared with the request that carried it
+    /// (and the other mirrors' links): written with one vectored write,
+    /// without copying the payload.
+    Shared([u8; HEADER_LEN], Arc<Vec<u8>>),
+}
+
 struct Conn {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<LinkFrame>,
     pending: Pending,
 }
 
@@ -57,7 +67,20 @@ impl MirrorLink {
 
     /// Queues a replica frame. The receiver yields the mirror's status, or
     /// `MirrorUnavailable` if the connection is or goes down first.
-    pub fn send(&self, mut header: Header, payload: &[u8]) -> oneshot::Receiver<Status> {
+    pub fn send(&self, header: Header, payload: &[u8]) -> oneshot::Receiver<Status> {
+        self.queue(header, |h| LinkFrame::Bytes(pool::frame(h, payload)))
+    }
+
+    /// [`MirrorLink::send`] for a large payload shared with other links.
+    pub fn send_shared(&self, header: Header, payload: &Arc<Vec<u8>>) -> oneshot::Receiver<Status> {
+        self.queue(header, |h| LinkFrame::Shared(h.encode(), payload.clone()))
+    }
+
+    fn queue(
+        &self,
+        mut header: Header,
+        frame: impl FnOnce(&Header) -> LinkFrame,
+    ) -> oneshot::Receiver<Status> {
         let (tx, rx) = oneshot::channel();
         let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = guard.as_ref() else {
@@ -66,7 +89,7 @@ impl MirrorLink {
         };
         header.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&conn.pending).insert(header.request_id, tx);
-        if conn.tx.send(encode_frame(&header, payload)).is_err() {
+        if conn.tx.send(frame(&header)).is_err() {
             if let Some(tx) = lock(&conn.pending).remove(&header.request_id) {
                 let _ = tx.send(Status::MirrorUnavailable);
             }
@@ -165,17 +188,35 @@ async fn run(
 
 async fn serve(
     stream: TcpStream,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<LinkFrame>,
     pending: Pending,
 ) -> std::io::Error {
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 << 10, rd);
     let writer = async move {
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
+        let mut last_batch = 1usize;
         while let Some(frame) = rx.recv().await {
-            wr.write_all(&frame).await?;
-            while let Ok(more) = rx.try_recv() {
-                wr.write_all(&more).await?;
+            write_frame(&mut wr, frame).await?;
+            let mut batch = 1usize;
+            loop {
+                while let Ok(more) = rx.try_recv() {
+                    write_frame(&mut wr, more).await?;
+                    batch += 1;
+                }
+                // Under load (several frames per write), let the tasks that
+                // produce frames run once more before paying for a syscall.
+                // A lone request (QD1) is written at once: yielding costs a
+                // trip through the I/O driver.
+                if batch == 1 && last_batch == 1 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                if rx.is_empty() {
+                    break;
+                }
             }
+            last_batch = batch;
             wr.flush().await?;
         }
         Ok::<(), std::io::Error>(())
@@ -198,4 +239,44 @@ async fn serve(
         r = writer => r.err().unwrap_or_else(|| std::io::Error::other("link closed")),
         r = reader => match r { Err(e) => e, Ok(()) => std::io::Error::other("reader ended") },
     }
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    wr: &mut BufWriter<W>,
+    frame: LinkFrame,
+) -> std::io::Result<()> {
+    match frame {
+        LinkFrame::Bytes(b) => {
+            wr.write_all(&b).await?;
+            pool::put(b);
+        }
+        LinkFrame::Shared(h, p) => {
+            // Frames buffered before this one go first.
+            wr.flush().await?;
+            write_two(wr.get_mut(), &h, &p).await?;
+            if let Ok(v) = Arc::try_unwrap(p) {
+                pool::put(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `a` then `b`, vectored.
+async fn write_two<W: AsyncWrite + Unpin>(w: &mut W, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    let total = a.len() + b.len();
+    let mut off = 0;
+    while off < total {
+        let n = if off < a.len() {
+            w.write_vectored(&[std::io::IoSlice::new(&a[off..]), std::io::IoSlice::new(b)])
+                .await?
+        } else {
+            w.write(&b[off - a.len()..]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        off += n;
+    }
+    Ok(())
 }
