@@ -302,6 +302,7 @@ impl Control {
             }
             // Fence: a new epoch, persisted first, then pushed to every copy,
             // so the old backend's requests are refused from now on.
+            let old_node = a.node_id.clone();
             v.epoch += 1;
             v.attachment = None;
             self.save(&v)?;
@@ -311,6 +312,10 @@ impl Control {
                 epoch = v.epoch,
                 "forced attach: old attachment fenced"
             );
+            // The old host may be gone; its backend is fenced either way.
+            if let Err(e) = self.detach_from_node(v.id, &old_node).await {
+                tracing::warn!(volume = v.id, node = %old_node, "could not stop the fenced backend: {e}");
+            }
         }
         v.attachment = Some(AttachmentRecord {
             node_id: r.node_id,
@@ -393,11 +398,8 @@ impl Control {
         self.finish_detach(v).await
     }
 
-    pub(crate) async fn finish_detach(&self, mut v: VolumeRecord) -> Result<VolumeRecord> {
-        let Some(a) = v.attachment.clone() else {
-            return Ok(v);
-        };
-        let node = self.registry.node(&*self.store, &a.node_id)?;
+    async fn detach_from_node(&self, volume_id: u64, node_id: &str) -> Result<()> {
+        let node = self.registry.node(&*self.store, node_id)?;
         let mut cl = self
             .clients
             .node(&node.node_id, &node.address)
@@ -407,11 +409,18 @@ impl Control {
                     "{e}; the detach finishes when it is back (or attach elsewhere with force)"
                 ))
             })?;
-        match cl.detach(npb::DetachRequest { volume_id: v.id }).await {
-            Ok(_) => {}
-            Err(st) if st.code() == tonic::Code::NotFound => {}
-            Err(st) => return Err(peer_error(&format!("node {}", node.node_id), st)),
+        match cl.detach(npb::DetachRequest { volume_id }).await {
+            Ok(_) => Ok(()),
+            Err(st) if st.code() == tonic::Code::NotFound => Ok(()),
+            Err(st) => Err(peer_error(&format!("node {}", node.node_id), st)),
         }
+    }
+
+    pub(crate) async fn finish_detach(&self, mut v: VolumeRecord) -> Result<VolumeRecord> {
+        let Some(a) = v.attachment.clone() else {
+            return Ok(v);
+        };
+        self.detach_from_node(v.id, &a.node_id).await?;
         v.attachment = None;
         self.save(&v)?;
         tracing::info!(volume = v.id, "detached");
