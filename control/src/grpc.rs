@@ -118,7 +118,7 @@ impl control_server::Control for Api {
                 .store
                 .apply(vec![put_json(Table::Servers, id.clone(), &s)])
                 .map_err(ControlError::from)?;
-            tracing::info!(server = %id, "draining: no new copies will be placed here");
+            tracing::info!(server = %id, "draining: copies will be moved off it");
         }
         let pb = self.0.servers_pb()?.into_iter().find(|x| x.server_id == id);
         pb.map(Response::new)

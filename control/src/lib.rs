@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod config;
 mod convert;
+mod drain;
 pub mod error;
 mod grpc;
 pub mod model;

@@ -55,6 +55,19 @@ pub struct VolumeRecord {
     pub epoch: u64,
     pub attachment: Option<AttachmentRecord>,
     pub created_at: i64,
+    /// A copy being moved off a draining server (see `drain.rs`).
+    #[serde(default)]
+    pub moving: Option<MoveRecord>,
+    /// After a move's cutover: the server whose old copy is still to be
+    /// deleted once the new layout is pushed everywhere.
+    #[serde(default)]
+    pub retire: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub from: String,
+    pub to: String,
 }
 
 impl VolumeRecord {

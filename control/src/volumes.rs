@@ -75,7 +75,7 @@ impl Control {
             })
     }
 
-    fn candidates(&self) -> Result<Vec<Candidate>> {
+    pub(crate) fn candidates(&self) -> Result<Vec<Candidate>> {
         let vols = self.volumes()?;
         Ok(self
             .registry
@@ -142,6 +142,8 @@ impl Control {
             epoch: 1,
             attachment: None,
             created_at: now_unix(),
+            moving: None,
+            retire: None,
         };
         self.save(&v)?;
         tracing::info!(volume = v.id, name = %v.name, size = v.size_bytes, copies = ?v.copies, "creating volume");
@@ -168,21 +170,30 @@ impl Control {
         }
     }
 
-    fn layout_pb(&self, v: &VolumeRecord, server_id: &str) -> Result<spb::CopyLayout> {
+    fn peer(&self, server_id: &str) -> Result<spb::Peer> {
+        let s = self.registry.server(&*self.store, server_id)?;
+        Ok(spb::Peer {
+            server_id: s.server_id,
+            address: s.data_address,
+        })
+    }
+
+    pub(crate) fn layout_pb(&self, v: &VolumeRecord, server_id: &str) -> Result<spb::CopyLayout> {
         if server_id == v.primary() {
-            let mut mirrors = Vec::new();
-            for c in &v.copies[1..] {
-                let s = self.registry.server(&*self.store, &c.server_id)?;
-                mirrors.push(spb::Peer {
-                    server_id: s.server_id,
-                    address: s.data_address,
-                });
-            }
+            let mirrors = v.copies[1..]
+                .iter()
+                .map(|c| self.peer(&c.server_id))
+                .collect::<Result<Vec<_>>>()?;
+            let syncing = match &v.moving {
+                Some(m) => vec![self.peer(&m.to)?],
+                None => vec![],
+            };
             Ok(spb::CopyLayout {
                 role: spb::CopyRole::Primary as i32,
                 epoch: v.epoch,
                 mirrors,
                 primary_server_id: String::new(),
+                syncing,
             })
         } else {
             Ok(spb::CopyLayout {
@@ -190,6 +201,7 @@ impl Control {
                 epoch: v.epoch,
                 mirrors: vec![],
                 primary_server_id: v.primary().to_owned(),
+                syncing: vec![],
             })
         }
     }

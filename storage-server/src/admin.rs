@@ -41,6 +41,14 @@ fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
             })
             .collect(),
         primary_server_id: l.primary_server_id,
+        syncing: l
+            .syncing
+            .into_iter()
+            .map(|p| PeerMeta {
+                server_id: p.server_id,
+                address: p.address,
+            })
+            .collect(),
     })
 }
 
@@ -65,7 +73,27 @@ fn info(c: &Copy) -> pb::CopyInfo {
                 })
                 .collect(),
             primary_server_id: m.primary_server_id,
+            syncing: m
+                .syncing
+                .into_iter()
+                .map(|p| pb::Peer {
+                    server_id: p.server_id,
+                    address: p.address,
+                })
+                .collect(),
         }),
+        synced: {
+            let mut v: Vec<String> = c
+                .synced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            v.sort();
+            v
+        },
+        resync_bytes: c.resync_bytes.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 

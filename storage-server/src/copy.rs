@@ -44,6 +44,14 @@ pub struct Copy {
     /// for microseconds (a pwrite to the page cache and a channel send).
     pub order: Mutex<()>,
     mirrors: RwLock<Arc<Vec<Arc<MirrorLink>>>>,
+    /// Mirrors being filled: they get every mutation, their acks don't count.
+    syncing: RwLock<Arc<Vec<Arc<MirrorLink>>>>,
+    /// Full copies in progress, by mirror server id.
+    pub resyncs: Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Syncing mirrors whose full copy completed.
+    pub synced: Mutex<std::collections::HashSet<String>>,
+    /// Bytes sent by full copies.
+    pub resync_bytes: AtomicU64,
 }
 
 impl Copy {
@@ -88,6 +96,10 @@ impl Copy {
             meta: Mutex::new(meta),
             order: Mutex::new(()),
             mirrors: RwLock::new(Arc::new(Vec::new())),
+            syncing: RwLock::new(Arc::new(Vec::new())),
+            resyncs: Mutex::default(),
+            synced: Mutex::default(),
+            resync_bytes: AtomicU64::new(0),
         }
     }
 
@@ -202,6 +214,38 @@ impl Copy {
             .clone()
     }
 
+    pub fn syncing(&self) -> Arc<Vec<Arc<MirrorLink>>> {
+        self.syncing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_syncing(&self, links: Vec<Arc<MirrorLink>>) {
+        *self.syncing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(links);
+    }
+
+    /// The next allocated range at or after `offset` (`SEEK_DATA`/`SEEK_HOLE`),
+    /// so a full copy skips holes; `None` past the last one.
+    pub fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>, CopyError> {
+        let fd = self.file.as_raw_fd();
+        // SAFETY: lseek on a descriptor we own; no memory is passed.
+        let start = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                // No SEEK_DATA support: treat the rest as data.
+                Some(libc::EINVAL) => Ok((offset < self.size()).then(|| (offset, self.size()))),
+                _ => Err(e.into()),
+            };
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 { self.size() as i64 } else { end };
+        Ok(Some((start as u64, (end as u64).min(self.size()))))
+    }
+
     pub fn set_mirrors(&self, links: Vec<Arc<MirrorLink>>) {
         *self.mirrors.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(links);
     }
@@ -284,6 +328,7 @@ mod tests {
             epoch,
             mirrors: vec![],
             primary_server_id: String::new(),
+            syncing: vec![],
         }
     }
 

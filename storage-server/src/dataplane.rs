@@ -223,6 +223,10 @@ fn primary_mutation(ctx: &DataCtx, copy: Arc<Copy>, h: Header, payload: &mut Vec
         let mut fwd = h;
         fwd.flags = Flags(Flags::REPLICA | (h.flags.0 & Flags::FUA));
         fwd.epoch = copy.epoch();
+        // Syncing mirrors get every mutation in order; their acks don't count.
+        for m in copy.syncing().iter() {
+            drop(m.send(fwd, data));
+        }
         mirrors
             .iter()
             .map(|m| match &shared {
@@ -285,6 +289,9 @@ fn flush(ctx: &DataCtx, copy: Arc<Copy>, h: Header, out: Out) {
         let mut fwd = h;
         fwd.flags = Flags(Flags::REPLICA);
         fwd.epoch = copy.epoch();
+        for m in copy.syncing().iter() {
+            drop(m.send(fwd, &[]));
+        }
         copy.mirrors().iter().map(|m| m.send(fwd, &[])).collect()
     };
     let timeout = ctx.mirror_timeout;

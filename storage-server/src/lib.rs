@@ -10,6 +10,7 @@ mod error_map;
 pub mod frames;
 pub mod meta;
 pub mod mirror;
+pub mod resync;
 pub mod store;
 pub mod testing;
 

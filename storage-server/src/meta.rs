@@ -34,6 +34,9 @@ pub struct CopyMeta {
     /// Mirror only: the one server whose replica frames are accepted.
     #[serde(default)]
     pub primary_server_id: String,
+    /// Primary only: mirrors being filled by a full copy (not yet in sync).
+    #[serde(default)]
+    pub syncing: Vec<PeerMeta>,
 }
 
 pub const META_FILE: &str = "meta.json";
@@ -78,6 +81,7 @@ mod tests {
                 address: "127.0.0.1:1".into(),
             }],
             primary_server_id: String::new(),
+            syncing: vec![],
         };
         m.store(d.path()).unwrap();
         assert_eq!(CopyMeta::load(d.path()).unwrap(), m);

@@ -32,6 +32,8 @@ pub struct Layout {
     pub epoch: u64,
     pub mirrors: Vec<PeerMeta>,
     pub primary_server_id: String,
+    /// Primary only: mirrors being filled by a full copy.
+    pub syncing: Vec<PeerMeta>,
 }
 
 impl Layout {
@@ -42,11 +44,15 @@ impl Layout {
         }
         match self.role {
             Role::Primary => {
-                let mut ids: Vec<&str> =
-                    self.mirrors.iter().map(|m| m.server_id.as_str()).collect();
+                let mut ids: Vec<&str> = self
+                    .mirrors
+                    .iter()
+                    .chain(&self.syncing)
+                    .map(|m| m.server_id.as_str())
+                    .collect();
                 ids.sort_unstable();
                 ids.dedup();
-                if ids.len() != self.mirrors.len() {
+                if ids.len() != self.mirrors.len() + self.syncing.len() {
                     return bad("mirrors must be on distinct servers");
                 }
                 if ids.contains(&local_id) {
@@ -55,13 +61,17 @@ impl Layout {
                 if self
                     .mirrors
                     .iter()
+                    .chain(&self.syncing)
                     .any(|m| m.address.parse::<std::net::SocketAddr>().is_err())
                 {
                     return bad("mirror addresses must be IP:PORT");
                 }
             }
             Role::Mirror => {
-                if self.primary_server_id.is_empty() || !self.mirrors.is_empty() {
+                if self.primary_server_id.is_empty()
+                    || !self.mirrors.is_empty()
+                    || !self.syncing.is_empty()
+                {
                     return bad("a mirror needs primary_server_id and no mirrors of its own");
                 }
                 if self.primary_server_id == local_id {
@@ -143,17 +153,36 @@ impl Store {
         &self.settings.local_server_id
     }
 
-    fn start_links(&self, copy: &Copy) {
+    /// (Re)builds a copy's mirror links from its metadata, reusing links to
+    /// unchanged peers so a layout change (say, a syncing mirror joining the
+    /// in-sync set) does not drop a connection; starts or stops full copies.
+    fn start_links(&self, copy: &Arc<Copy>) {
         let m = copy.meta();
-        let links = if m.role == Role::Primary {
-            m.mirrors
+        let primary = m.role == Role::Primary;
+        let existing: Vec<Arc<MirrorLink>> = copy
+            .mirrors()
+            .iter()
+            .chain(copy.syncing().iter())
+            .cloned()
+            .collect();
+        let link = |p: &PeerMeta| {
+            existing
                 .iter()
-                .map(|p| MirrorLink::start(p.clone(), self.settings.clone()))
-                .collect()
-        } else {
-            Vec::new()
+                .find(|l| l.peer == *p)
+                .cloned()
+                .unwrap_or_else(|| MirrorLink::start(p.clone(), self.settings.clone()))
         };
-        copy.set_mirrors(links);
+        let (mirrors, syncing): (Vec<_>, Vec<_>) = if primary {
+            (
+                m.mirrors.iter().map(link).collect(),
+                m.syncing.iter().map(link).collect(),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        crate::resync::reconcile(copy, &syncing);
+        copy.set_mirrors(mirrors);
+        copy.set_syncing(syncing);
     }
 
     pub fn create(
@@ -179,6 +208,7 @@ impl Store {
             epoch: layout.epoch,
             mirrors: layout.mirrors,
             primary_server_id: layout.primary_server_id,
+            syncing: layout.syncing,
         };
         let copy = Arc::new(Copy::create(&self.root.join(volume_id.to_string()), meta)?);
         self.start_links(&copy);
@@ -218,8 +248,12 @@ impl Store {
             m.epoch = layout.epoch;
             m.mirrors = layout.mirrors.clone();
             m.primary_server_id = layout.primary_server_id.clone();
+            m.syncing = layout.syncing.clone();
         })?;
-        if before.role != layout.role || before.mirrors != layout.mirrors {
+        if before.role != layout.role
+            || before.mirrors != layout.mirrors
+            || before.syncing != layout.syncing
+        {
             self.start_links(&copy);
         }
         Ok(copy)

@@ -86,6 +86,7 @@ impl LocalServer {
                 epoch: 1,
                 mirrors: vec![],
                 primary_server_id: String::new(),
+                syncing: vec![],
             },
         )
     }
@@ -112,6 +113,7 @@ impl LocalServer {
                 epoch: 1,
                 mirrors,
                 primary_server_id: String::new(),
+                syncing: vec![],
             },
         )
     }
@@ -131,8 +133,55 @@ impl LocalServer {
                 epoch: 1,
                 mirrors: vec![],
                 primary_server_id: primary_server_id.to_owned(),
+                syncing: vec![],
             },
         )
+    }
+
+    /// Sets a primary's layout: in-sync `mirrors` and `syncing` mirrors
+    /// (server id, data address), keeping its epoch.
+    pub fn set_primary_layout(
+        &self,
+        volume_id: u64,
+        mirrors: &[(&str, SocketAddr)],
+        syncing: &[(&str, SocketAddr)],
+    ) -> anyhow::Result<()> {
+        let peers = |v: &[(&str, SocketAddr)]| {
+            v.iter()
+                .map(|(id, a)| PeerMeta {
+                    server_id: (*id).to_owned(),
+                    address: a.to_string(),
+                })
+                .collect()
+        };
+        let epoch = self.store.get(volume_id).context("no such copy")?.epoch();
+        let _rt = self.handle.enter();
+        self.store.set_layout(
+            volume_id,
+            Layout {
+                role: Role::Primary,
+                epoch,
+                mirrors: peers(mirrors),
+                primary_server_id: String::new(),
+                syncing: peers(syncing),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Syncing mirrors of a primary whose full copy completed.
+    pub fn synced(&self, volume_id: u64) -> Vec<String> {
+        self.store
+            .get(volume_id)
+            .map(|c| {
+                c.synced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The copy's current bytes, read from its data file.

@@ -230,3 +230,71 @@ fn hostile_frames_close_the_connection_and_change_nothing() {
         "no hostile byte was written"
     );
 }
+
+#[test]
+fn a_new_mirror_is_filled_while_writes_continue() {
+    let (dir, primary, m1) = pair();
+    let m2 = LocalServer::start(&dir.path().join("m2"), "s-new").unwrap();
+    m2.create_mirror(VOL, SIZE, "s-primary").unwrap();
+    let mut c = Client::connect(primary.data_addr, PeerRole::Backend, "b1");
+    // Fill part of the volume (the rest stays holes), then keep writing.
+    let mut st = Status::MirrorUnavailable;
+    for i in 0..64u64 {
+        let block: Vec<u8> = (0..65536u32).map(|j| (j as u64 * 31 + i) as u8).collect();
+        for _ in 0..100 {
+            st = c.op(Opcode::Write, 1, i * 65536, 65536, &block);
+            if st == Status::Ok {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(st, Status::Ok);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let addr = primary.data_addr;
+        std::thread::spawn(move || {
+            let mut c = Client::connect(addr, PeerRole::Backend, "b2");
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let off = (n * 7919 % 2048) * 4096;
+                let st = c.op(Opcode::Write, 1, off, 4096, &[(n % 251) as u8; 4096]);
+                assert_eq!(
+                    st,
+                    Status::Ok,
+                    "writes keep being acknowledged during the full copy"
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    primary
+        .set_primary_layout(
+            VOL,
+            &[("s-mirror", m1.data_addr)],
+            &[("s-new", m2.data_addr)],
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !primary.synced(VOL).contains(&"s-new".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "full copy did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Writes after the copy finished still reach the new mirror, in order.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert_eq!(c.op(Opcode::Flush, 1, 0, 0, &[]), Status::Ok);
+    let p = primary.read_copy(VOL).unwrap();
+    assert_eq!(p, m1.read_copy(VOL).unwrap());
+    assert!(
+        p == m2.read_copy(VOL).unwrap(),
+        "the new mirror differs from the primary"
+    );
+    println!("full copy with {writes} concurrent writes: three copies identical");
+}

@@ -1,0 +1,223 @@
+//! Draining a storage server: every copy on it is moved elsewhere while its
+//! volume stays in use. Per volume, a persisted state machine:
+//!
+//! 1. pick a target (placement rules, avoiding the volume's other copies'
+//!    servers and failure domains) and persist `moving {from, to}`;
+//! 2. create an empty mirror copy on the target and push the primary a layout
+//!    naming it as *syncing*: it gets every new write and a full copy through
+//!    the same ordered stream (see `storage-server/src/resync.rs`);
+//! 3. when the primary reports the target synced: cutover — the target joins
+//!    the copies in place of `from` (if `from` held the primary, the first
+//!    in-sync mirror is promoted), the epoch is bumped, all persisted at once
+//!    with `retire = from`;
+//! 4. push the new layout to every copy, point the attached backend at the
+//!    (possibly new) primary, delete the copy on `from`, clear `retire`.
+//!
+//! Every step is idempotent and the reconcile loop resumes it after a crash.
+//! The epoch bump fences the old primary: its mirrors refuse its forwarded
+//! writes, so it can acknowledge nothing once the new layout is pushed.
+
+use basalt_proto::node as npb;
+use basalt_proto::storage_admin as spb;
+
+use crate::clients::peer_error;
+use crate::error::{ControlError, Result};
+use crate::model::{AttachState, CopyRecord, MoveRecord, VolumeRecord, VolumeState};
+use crate::placement::place;
+use crate::Control;
+
+impl Control {
+    fn draining(&self) -> Result<Vec<String>> {
+        Ok(self
+            .registry
+            .servers(&*self.store)?
+            .into_iter()
+            .filter(|s| s.draining)
+            .map(|s| s.server_id)
+            .collect())
+    }
+
+    /// Advances every move one step. Caller holds the operations lock.
+    pub(crate) async fn advance_drains(&self) -> usize {
+        let (vols, draining) = match (self.volumes(), self.draining()) {
+            (Ok(v), Ok(d)) => (v, d),
+            _ => return 0,
+        };
+        let mut n = 0;
+        for v in vols {
+            let busy = v.state != VolumeState::Available
+                || v.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.state != AttachState::Attached);
+            let wants = v.retire.is_some()
+                || v.moving.is_some()
+                || v.copies.iter().any(|c| draining.contains(&c.server_id));
+            if busy || !wants {
+                continue;
+            }
+            n += 1;
+            let id = v.id;
+            if let Err(e) = self.advance_move(v, &draining).await {
+                tracing::warn!(volume = id, "drain: will retry: {e}");
+            }
+        }
+        n
+    }
+
+    async fn advance_move(&self, mut v: VolumeRecord, draining: &[String]) -> Result<()> {
+        if let Some(from) = v.retire.clone() {
+            return self.finish_cutover(v, &from).await;
+        }
+        let Some(m) = v.moving.clone() else {
+            let Some(from) = v
+                .copies
+                .iter()
+                .find(|c| draining.contains(&c.server_id))
+                .map(|c| c.server_id.clone())
+            else {
+                return Ok(());
+            };
+            let to = self.pick_target(&v, &from)?;
+            tracing::info!(volume = v.id, %from, %to, "drain: moving copy");
+            v.moving = Some(MoveRecord { from, to });
+            self.save(&v)?;
+            return Box::pin(self.advance_move(v, draining)).await;
+        };
+        // Step 2 (idempotent): the target copy exists and the primary feeds it.
+        let to = self.registry.server(&*self.store, &m.to)?;
+        let mut cl = self
+            .clients
+            .storage(&to.server_id, &to.admin_address)
+            .await?;
+        let req = spb::CreateCopyRequest {
+            volume_id: v.id,
+            size_bytes: v.size_bytes,
+            layout: Some(self.layout_pb(&v, &m.to)?),
+        };
+        match cl.create_copy(req).await {
+            Ok(_) => {}
+            Err(st) if st.code() == tonic::Code::AlreadyExists => {}
+            Err(st) => return Err(peer_error(&to.server_id, st)),
+        }
+        let primary = self.registry.server(&*self.store, v.primary())?;
+        let mut pc = self
+            .clients
+            .storage(&primary.server_id, &primary.admin_address)
+            .await?;
+        let info = pc
+            .describe_copy(spb::DescribeCopyRequest { volume_id: v.id })
+            .await
+            .map_err(|e| peer_error(&primary.server_id, e))?
+            .into_inner()
+            .copy
+            .unwrap_or_default();
+        let feeding = info
+            .layout
+            .as_ref()
+            .is_some_and(|l| l.syncing.iter().any(|p| p.server_id == m.to));
+        if !feeding {
+            let req = spb::SetLayoutRequest {
+                volume_id: v.id,
+                layout: Some(self.layout_pb(&v, v.primary())?),
+            };
+            pc.set_layout(req)
+                .await
+                .map_err(|e| peer_error(&primary.server_id, e))?;
+            return Ok(());
+        }
+        if !info.synced.contains(&m.to) {
+            return Ok(()); // still copying; the next pass checks again
+        }
+        // Step 3: cutover, persisted before anyone acts on it.
+        let from_primary = v.primary() == m.from;
+        let mut copies: Vec<CopyRecord> = v
+            .copies
+            .iter()
+            .filter(|c| c.server_id != m.from)
+            .cloned()
+            .collect();
+        copies.push(CopyRecord {
+            server_id: m.to.clone(),
+        });
+        v.copies = copies;
+        v.epoch += 1;
+        v.moving = None;
+        v.retire = Some(m.from.clone());
+        self.save(&v)?;
+        tracing::info!(volume = v.id, from = %m.from, to = %m.to, epoch = v.epoch, new_primary = %v.primary(), from_primary, "drain: cutover");
+        self.finish_cutover(v, &m.from).await
+    }
+
+    fn pick_target(&self, v: &VolumeRecord, from: &str) -> Result<String> {
+        let servers = self.registry.servers(&*self.store)?;
+        let zone_of = |id: &str| {
+            servers
+                .iter()
+                .find(|s| s.server_id == id)
+                .map(|s| s.zone.clone())
+                .unwrap_or_default()
+        };
+        let taken: Vec<String> = v
+            .copies
+            .iter()
+            .filter(|c| c.server_id != from)
+            .map(|c| {
+                let z = zone_of(&c.server_id);
+                if z.is_empty() {
+                    c.server_id.clone()
+                } else {
+                    z
+                }
+            })
+            .collect();
+        let cands: Vec<_> = self
+            .candidates()?
+            .into_iter()
+            .filter(|c| c.server_id != from && !v.copies.iter().any(|x| x.server_id == c.server_id))
+            .filter(|c| {
+                !taken.contains(if c.zone.is_empty() {
+                    &c.server_id
+                } else {
+                    &c.zone
+                })
+            })
+            .collect();
+        let p = place(&cands, 1, v.size_bytes.max(v.target_size)).map_err(|e| {
+            ControlError::Exhausted(format!("cannot move volume {} off {from}: {e}", v.id))
+        })?;
+        Ok(p[0].clone())
+    }
+
+    /// Step 4: push the new layout, repoint the backend, delete the old copy.
+    async fn finish_cutover(&self, mut v: VolumeRecord, from: &str) -> Result<()> {
+        self.push_layout(&v).await?;
+        if let Some(a) = v.attachment.clone() {
+            let node = self.registry.node(&*self.store, &a.node_id)?;
+            let primary = self.registry.server(&*self.store, v.primary())?;
+            let mut cl = self.clients.node(&node.node_id, &node.address).await?;
+            let req = npb::UpdateLayoutRequest {
+                volume_id: v.id,
+                primary_address: primary.data_address,
+                epoch: v.epoch,
+            };
+            cl.update_layout(req)
+                .await
+                .map_err(|e| peer_error(&format!("node {}", node.node_id), e))?;
+        }
+        if let Ok(s) = self.registry.server(&*self.store, from) {
+            let mut cl = self.clients.storage(&s.server_id, &s.admin_address).await?;
+            match cl
+                .delete_copy(spb::DeleteCopyRequest { volume_id: v.id })
+                .await
+            {
+                Ok(_) => {}
+                Err(st) if st.code() == tonic::Code::NotFound => {}
+                Err(st) => return Err(peer_error(&s.server_id, st)),
+            }
+        }
+        v.retire = None;
+        self.save(&v)?;
+        tracing::info!(volume = v.id, %from, "drain: copy moved");
+        Ok(())
+    }
+}
