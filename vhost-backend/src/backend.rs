@@ -125,6 +125,10 @@ impl VhostUserBackend for BlkBackend {
         ))
     }
 
+    fn set_backend_req_fd(&self, backend: vhost::vhost_user::Backend) {
+        self.vol.notifier.set(backend);
+    }
+
     fn update_memory(&self, _mem: GuestMem) -> io::Result<()> {
         // The queues hold the same GuestMemoryAtomic, already updated.
         Ok(())

@@ -3,6 +3,8 @@
 //!
 //! Modules:
 //! - [`config`]: flags and validated configuration;
+//! - [`config_notify`]: config-change notification to the VMM after a resize;
+//! - [`control_socket`]: `<socket>.ctl`, resize / layout / stats for the node manager;
 //! - [`server`]: the serve loop (one VMM session after another) and signals;
 //! - [`backend`]: the `vhost-user-backend` device implementation;
 //! - [`queue`]: per-virtqueue engine (worker + completion thread);
@@ -14,6 +16,8 @@
 
 pub mod backend;
 pub mod config;
+pub mod config_notify;
+pub mod control_socket;
 pub mod inflight;
 pub mod layout;
 pub mod primary;

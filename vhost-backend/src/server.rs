@@ -133,6 +133,11 @@ impl Server {
         self.vol.layout.clone()
     }
 
+    /// What the control socket acts on ([`crate::control_socket`]).
+    pub fn control_state(&self) -> crate::control_socket::ControlState {
+        crate::control_socket::ControlState::new(self.vol.clone())
+    }
+
     /// Serves VMM sessions one after another until stopped.
     pub fn run(mut self) -> Result<(), ServeError> {
         let c = &self.vol.config;
@@ -243,5 +248,10 @@ pub fn start_backend(config: Config) -> Result<(), ServeError> {
     let socket = config.socket.clone();
     let server = Server::bind(config)?;
     signals::spawn_handler(set, server.stop_handle(), socket).map_err(ServeError::Signals)?;
-    server.run()
+    let ctl = crate::control_socket::control_socket_path(&server.vol.config.socket);
+    crate::control_socket::spawn(&ctl, server.control_state())
+        .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    let result = server.run();
+    let _ = std::fs::remove_file(&ctl);
+    result
 }

@@ -56,6 +56,7 @@ pub fn device_features(read_only: bool) -> u64 {
 }
 
 /// vhost-user protocol features offered: CONFIG (the config space), MQ,
+/// BACKEND_REQ (the channel for config-change notifications after a resize),
 /// and REPLY_ACK + CONFIGURE_MEM_SLOTS (required by libblkio, used by QEMU).
 ///
 /// INFLIGHT_SHMFD goes here once the in-flight table is kept in the shared
@@ -64,6 +65,7 @@ pub fn device_features(read_only: bool) -> u64 {
 pub fn protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }

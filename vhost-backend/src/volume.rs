@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::config_notify::ConfigNotifier;
 use crate::layout::Layout;
 use crate::primary::ConnectParams;
 use crate::stats::Stats;
@@ -14,6 +15,9 @@ pub struct Volume {
     pub blk: BlkConfigSpace,
     pub layout: Arc<Layout>,
     pub stats: Arc<Stats>,
+    /// Backend-request channel of the current VMM session (config-change
+    /// notifications after a resize).
+    pub notifier: ConfigNotifier,
     pub(crate) connect: ConnectParams,
 }
 
@@ -29,6 +33,7 @@ impl Volume {
             blk: BlkConfigSpace::new(config.size_bytes, config.queues, config.queue_size),
             layout: Arc::new(Layout::new(config.primary.clone(), config.epoch)),
             stats: Arc::new(Stats::new(usize::from(config.queues))),
+            notifier: ConfigNotifier::default(),
             connect,
             config,
         }

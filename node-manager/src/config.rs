@@ -1,0 +1,285 @@
+//! Command-line flags and the validated [`Config`] built from them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Per-host node manager: attaches Basalt volumes by running one supervised
+/// `basalt-vhost-blk` backend per volume and hands out the VMM launch flags.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "basalt-node", version)]
+pub struct Args {
+    /// Id of this node (hypervisor host), as known to the control service.
+    #[arg(long)]
+    pub node_id: String,
+    /// Address of the NodeAgent gRPC service.
+    #[arg(long, default_value = "127.0.0.1:7600", value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// gRPC address given to the control service (default: the bound --listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Directory of attachment records and backend logs.
+    #[arg(long, value_name = "PATH")]
+    pub state_dir: PathBuf,
+    /// Directory of the vhost-user sockets (mode 0700; default <state-dir>/run).
+    #[arg(long, value_name = "PATH")]
+    pub run_dir: Option<PathBuf>,
+    /// Control service URL (http://HOST:PORT); without it the node runs standalone.
+    #[arg(long, env = "BASALT_CONTROL", value_name = "URL")]
+    pub control: Option<String>,
+    /// Heartbeat interval until the control service names its own.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+    /// The backend binary (default: basalt-vhost-blk next to this executable).
+    #[arg(long, value_name = "PATH")]
+    pub backend_bin: Option<PathBuf>,
+    /// Owner given to the run directory and the sockets, for the VMM's user.
+    #[arg(long, value_name = "UID:GID")]
+    pub socket_owner: Option<String>,
+    /// Cluster key file passed to every backend.
+    #[arg(long, value_name = "PATH")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// First pause before restarting a backend that died (doubles up to 5 s).
+    #[arg(long, default_value_t = 200)]
+    pub restart_backoff_ms: u64,
+    /// Passed to backends as --retry-interval-ms (their default if absent).
+    #[arg(long)]
+    pub backend_retry_interval_ms: Option<u64>,
+    /// How long a backend may take to create its sockets.
+    #[arg(long, default_value_t = 10_000)]
+    pub backend_start_timeout_ms: u64,
+    /// How long Detach waits for a backend to drain and exit before SIGKILL.
+    #[arg(long, default_value_t = 10_000)]
+    pub backend_stop_timeout_ms: u64,
+    /// How often adopted backends (not our children) are checked when pidfd is unavailable.
+    #[arg(long, default_value_t = 500)]
+    pub supervision_interval_ms: u64,
+    /// Written atomically with {"grpc":"IP:PORT"} once the service accepts calls.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Longest run directory: sun_path holds 107 bytes, and the longest name
+/// in it is `/vol-<u64>.sock.ctl.tmp` (38 bytes).
+pub const MAX_RUN_DIR_LEN: usize = 107 - 38;
+
+/// Owner (uid, gid) of sockets handed to the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub control: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub backend: BackendSettings,
+    pub ready_file: Option<PathBuf>,
+}
+
+/// What the attachment manager needs to run backends.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub bin: PathBuf,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub socket_owner: Option<Owner>,
+    pub cluster_key_file: Option<PathBuf>,
+    pub retry_interval_ms: Option<u64>,
+    pub restart_backoff: Duration,
+    pub start_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub supervision_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--node-id must be 1..=128 bytes without whitespace")]
+    NodeId,
+    #[error("--{0} must be greater than 0")]
+    ZeroTimer(&'static str),
+    #[error("--socket-owner {0:?} is not UID:GID (numbers, e.g. 107:107 for qemu)")]
+    Owner(String),
+    #[error("--control {0:?} is not a URL; use http://HOST:PORT of the control service")]
+    Control(String),
+    #[error("--advertise {0:?} is not HOST:PORT")]
+    Advertise(String),
+    #[error("cannot find the backend binary: {0}; pass --backend-bin PATH")]
+    BackendBin(String),
+    #[error("--run-dir {0} is too long for unix socket paths (at most {MAX_RUN_DIR_LEN} bytes); choose a shorter directory such as /run/basalt")]
+    RunDirTooLong(PathBuf),
+    #[error("--cluster-key-file {0} does not exist; check the path")]
+    KeyFile(PathBuf),
+}
+
+fn millis(name: &'static str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::ZeroTimer(name));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_owner(s: &str) -> Result<Owner, ConfigError> {
+    let bad = || ConfigError::Owner(s.to_owned());
+    let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    Ok(Owner {
+        uid: u.parse().map_err(|_| bad())?,
+        gid: g.parse().map_err(|_| bad())?,
+    })
+}
+
+fn default_backend_bin() -> Result<PathBuf, ConfigError> {
+    let exe = std::env::current_exe().map_err(|e| ConfigError::BackendBin(e.to_string()))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| ConfigError::BackendBin("executable has no directory".into()))?;
+    Ok(dir.join("basalt-vhost-blk"))
+}
+
+/// Whether `s` looks like HOST:PORT.
+pub fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Config, ConfigError> {
+        if a.node_id.is_empty()
+            || a.node_id.len() > 128
+            || a.node_id.chars().any(char::is_whitespace)
+        {
+            return Err(ConfigError::NodeId);
+        }
+        if let Some(c) = &a.control {
+            if !(c.starts_with("http://") || c.starts_with("https://")) {
+                return Err(ConfigError::Control(c.clone()));
+            }
+        }
+        if let Some(adv) = &a.advertise {
+            if !valid_host_port(adv) {
+                return Err(ConfigError::Advertise(adv.clone()));
+            }
+        }
+        let bin = match a.backend_bin {
+            Some(b) => b,
+            None => default_backend_bin()?,
+        };
+        if !bin.exists() {
+            return Err(ConfigError::BackendBin(format!(
+                "{} does not exist",
+                bin.display()
+            )));
+        }
+        if let Some(k) = &a.cluster_key_file {
+            if !k.exists() {
+                return Err(ConfigError::KeyFile(k.clone()));
+            }
+        }
+        if a.backend_retry_interval_ms == Some(0) {
+            return Err(ConfigError::ZeroTimer("backend-retry-interval-ms"));
+        }
+        let run_dir = a.run_dir.unwrap_or_else(|| a.state_dir.join("run"));
+        if run_dir.as_os_str().len() > MAX_RUN_DIR_LEN {
+            return Err(ConfigError::RunDirTooLong(run_dir));
+        }
+        let backend = BackendSettings {
+            bin,
+            state_dir: a.state_dir.clone(),
+            run_dir: run_dir.clone(),
+            socket_owner: a.socket_owner.as_deref().map(parse_owner).transpose()?,
+            cluster_key_file: a.cluster_key_file,
+            retry_interval_ms: a.backend_retry_interval_ms,
+            restart_backoff: millis("restart-backoff-ms", a.restart_backoff_ms)?,
+            start_timeout: millis("backend-start-timeout-ms", a.backend_start_timeout_ms)?,
+            stop_timeout: millis("backend-stop-timeout-ms", a.backend_stop_timeout_ms)?,
+            supervision_interval: millis("supervision-interval-ms", a.supervision_interval_ms)?,
+        };
+        Ok(Config {
+            node_id: a.node_id,
+            listen: a.listen,
+            advertise: a.advertise,
+            state_dir: a.state_dir,
+            run_dir,
+            control: a.control,
+            heartbeat_interval: millis("heartbeat-interval-ms", a.heartbeat_interval_ms)?,
+            backend,
+            ready_file: a.ready_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut v = vec![
+            "basalt-node",
+            "--node-id",
+            "n1",
+            "--state-dir",
+            "/tmp/basalt-node-test",
+            "--backend-bin",
+            "/bin/true",
+        ];
+        v.extend_from_slice(extra);
+        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
+        Config::try_from(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7600");
+        assert_eq!(c.run_dir, PathBuf::from("/tmp/basalt-node-test/run"));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(1000));
+        assert_eq!(c.backend.restart_backoff, Duration::from_millis(200));
+        assert!(c.backend.socket_owner.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse(&["--socket-owner", "qemu"])
+            .unwrap_err()
+            .contains("UID:GID"));
+        assert_eq!(
+            parse(&["--socket-owner", "107:108"])
+                .unwrap()
+                .backend
+                .socket_owner,
+            Some(Owner { uid: 107, gid: 108 })
+        );
+        assert!(parse(&["--control", "ctl:7000"]).is_err());
+        assert!(parse(&["--control", "http://ctl:7000"]).is_ok());
+        assert!(parse(&["--advertise", "nohost"]).is_err());
+        assert!(parse(&["--restart-backoff-ms", "0"]).is_err());
+        assert!(parse(&["--backend-bin", "/nonexistent/bin"])
+            .unwrap_err()
+            .contains("--backend-bin"));
+        assert!(parse(&["--cluster-key-file", "/nonexistent/key"]).is_err());
+        let a = Args::try_parse_from([
+            "x",
+            "--node-id",
+            "has space",
+            "--state-dir",
+            "/tmp",
+            "--backend-bin",
+            "/bin/true",
+        ])
+        .unwrap();
+        assert!(Config::try_from(a).is_err());
+    }
+}

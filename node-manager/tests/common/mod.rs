@@ -1,0 +1,212 @@
+//! Harness: a real `basalt-storage`, a real `basalt-node` (restartable),
+//! and a blocking NodeAgent client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use basalt_node::procfs;
+use basalt_proto::node as pb;
+use basalt_proto::node::node_agent_client::NodeAgentClient;
+use basalt_tests::procs::{bin, wait_for, Proc};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// One `basalt-node` process with its state under `dir`.
+pub struct NodeProc {
+    pub dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub proc: Proc,
+    extra: Vec<String>,
+    rt: tokio::runtime::Runtime,
+    client: NodeAgentClient<Channel>,
+}
+
+impl NodeProc {
+    pub fn start(dir: &Path, extra: &[&str]) -> Result<NodeProc> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (proc, grpc) = Self::launch(dir, &extra)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = rt.block_on(NodeAgentClient::connect(format!("http://{grpc}")))?;
+        Ok(NodeProc {
+            dir: dir.to_owned(),
+            grpc,
+            proc,
+            extra,
+            rt,
+            client,
+        })
+    }
+
+    fn launch(dir: &Path, extra: &[String]) -> Result<(Proc, SocketAddr)> {
+        std::fs::create_dir_all(dir)?;
+        let ready = dir.join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let mut cmd = Command::new(bin("basalt-node")?);
+        cmd.args(["--node-id", "n1", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(dir.join("state"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args([
+                "--restart-backoff-ms",
+                "50",
+                "--backend-stop-timeout-ms",
+                "5000",
+            ])
+            .args(extra);
+        let mut proc = Proc::spawn("basalt-node", &mut cmd, dir.join("node.log"))?;
+        let v: Value = wait_for(&mut proc, TIMEOUT, || {
+            std::fs::read(&ready)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        })?;
+        let grpc = v["grpc"]
+            .as_str()
+            .context("ready file lacks grpc")?
+            .parse()?;
+        Ok((proc, grpc))
+    }
+
+    /// `kill -9` the node manager and start it again on the same state.
+    pub fn restart_after_kill9(&mut self) -> Result<()> {
+        self.proc.kill9();
+        let (proc, grpc) = Self::launch(&self.dir, &self.extra)?;
+        self.proc = proc;
+        self.grpc = grpc;
+        self.client = self
+            .rt
+            .block_on(NodeAgentClient::connect(format!("http://{grpc}")))?;
+        Ok(())
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.state_dir().join("run")
+    }
+
+    pub fn attach(&mut self, r: pb::AttachRequest) -> Result<pb::AttachResponse, tonic::Status> {
+        self.rt
+            .block_on(self.client.attach(r))
+            .map(|r| r.into_inner())
+    }
+
+    pub fn detach(&mut self, volume_id: u64) -> Result<(), tonic::Status> {
+        self.rt
+            .block_on(self.client.detach(pb::DetachRequest { volume_id }))
+            .map(|_| ())
+    }
+
+    pub fn resize(&mut self, volume_id: u64, size_bytes: u64) -> Result<(), tonic::Status> {
+        self.rt
+            .block_on(self.client.resize(pb::ResizeRequest {
+                volume_id,
+                size_bytes,
+            }))
+            .map(|_| ())
+    }
+
+    pub fn update_layout(
+        &mut self,
+        volume_id: u64,
+        primary_address: &str,
+        epoch: u64,
+    ) -> Result<(), tonic::Status> {
+        self.rt
+            .block_on(self.client.update_layout(pb::UpdateLayoutRequest {
+                volume_id,
+                primary_address: primary_address.to_owned(),
+                epoch,
+            }))
+            .map(|_| ())
+    }
+
+    pub fn list(&mut self) -> Result<Vec<pb::AttachmentInfo>> {
+        Ok(self
+            .rt
+            .block_on(self.client.list_attachments(pb::ListAttachmentsRequest {}))?
+            .into_inner()
+            .attachments)
+    }
+
+    pub fn info(&mut self, volume_id: u64) -> Result<Option<pb::AttachmentInfo>> {
+        Ok(self.list()?.into_iter().find(|a| a.volume_id == volume_id))
+    }
+}
+
+impl Drop for NodeProc {
+    /// Backends outlive the node manager by design; stop the ones this
+    /// test started.
+    fn drop(&mut self) {
+        self.proc.kill9();
+        if let Ok(b) = bin("basalt-vhost-blk") {
+            for (pid, _) in procfs::backends_in(&b, &self.run_dir()) {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: signalling a backend process this test started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+pub fn alive(pid: u32) -> bool {
+    procfs::start_time(pid).is_some()
+}
+
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0)
+}
+
+/// One request on a backend's control socket.
+pub fn ctl(socket: &Path, line: &str) -> Result<Value> {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".ctl");
+    let c = UnixStream::connect(PathBuf::from(p))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut w = c.try_clone()?;
+    w.write_all(line.as_bytes())?;
+    w.write_all(b"\n")?;
+    let mut reply = String::new();
+    BufReader::new(c).read_line(&mut reply)?;
+    Ok(serde_json::from_str(&reply)?)
+}
+
+pub fn attach_req(volume_id: u64, size: u64, primary: &str) -> pb::AttachRequest {
+    pb::AttachRequest {
+        volume_id,
+        size_bytes: size,
+        primary_address: primary.to_owned(),
+        epoch: 1,
+        read_only: false,
+        queues: 2,
+    }
+}
