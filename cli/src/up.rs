@@ -177,5 +177,20 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
     }
     .await;
     stop_all(&mut members);
+    stop_backends(&dir);
     r
+}
+
+/// Backends outlive the node manager by design; a local cluster stopping
+/// stops them too. Their attachment records stay, so the next `basalt up`
+/// starts them again.
+fn stop_backends(dir: &Path) {
+    let Ok(b) = bin("basalt-vhost-blk") else {
+        return;
+    };
+    for (pid, socket) in basalt_node::procfs::backends_in(&b, &dir.join("node").join("run")) {
+        // SAFETY: signalling a backend this cluster's node manager started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        println!("basalt up: stopped backend for {socket}");
+    }
 }

@@ -169,6 +169,7 @@ pub fn create_volume(
                 epoch: 1,
                 mirrors: vec![],
                 primary_server_id: primary.id.clone(),
+                syncing: vec![],
             },
         )?;
     }
@@ -187,6 +188,7 @@ pub fn create_volume(
             epoch: 1,
             mirrors: peers,
             primary_server_id: String::new(),
+            syncing: vec![],
         },
     )?;
     Ok(())

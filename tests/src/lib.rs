@@ -2,5 +2,6 @@
 //! `basalt-vhost-blk` processes on loopback, and a real QEMU guest.
 
 pub mod cluster;
+pub mod controlplane;
 pub mod guest;
 pub mod procs;

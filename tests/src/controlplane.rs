@@ -1,0 +1,242 @@
+//! A managed cluster of real processes: `basalt-control`, storage servers
+//! registered with it, and one `basalt-node`; plus the `basalt` CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use basalt_proto::control as pb;
+use basalt_proto::control::control_client::ControlClient;
+
+use crate::procs::{bin, wait_for, Proc};
+
+/// Finds `n` consecutive free loopback ports.
+pub fn free_ports(n: u16) -> Result<u16> {
+    let seed = std::process::id() as u16;
+    for attempt in 0..200u16 {
+        let base = 20000 + (seed.wrapping_mul(31).wrapping_add(attempt.wrapping_mul(97)) % 30000);
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no {n} consecutive free ports")
+}
+
+pub struct ManagedCluster {
+    pub root: PathBuf,
+    pub base: u16,
+    pub control: Proc,
+    pub servers: Vec<Proc>,
+    pub node: Proc,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl ManagedCluster {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.base)
+    }
+
+    fn start_control(root: &Path, base: u16) -> Result<Proc> {
+        let mut cmd = Command::new(bin("basalt-control")?);
+        cmd.args(["--listen", &format!("127.0.0.1:{base}"), "--state-dir"])
+            .arg(root.join("control"))
+            .args([
+                "--heartbeat-interval-ms",
+                "200",
+                "--down-after-ms",
+                "1000",
+                "--reconcile-interval-ms",
+                "300",
+            ]);
+        Proc::spawn("basalt-control", &mut cmd, root.join("control.log"))
+    }
+
+    pub fn server_id(i: usize) -> String {
+        format!("s{}", i + 1)
+    }
+
+    pub fn server_data_dir(&self, i: usize) -> PathBuf {
+        self.root.join("storage").join(Self::server_id(i))
+    }
+
+    fn start_server(root: &Path, base: u16, i: usize) -> Result<Proc> {
+        let id = Self::server_id(i);
+        let mut cmd = Command::new(bin("basalt-storage")?);
+        cmd.args([
+            "--server-id",
+            &id,
+            "--control",
+            &format!("http://127.0.0.1:{base}"),
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", base + 10 + 2 * i as u16),
+        ])
+        .args([
+            "--admin-listen",
+            &format!("127.0.0.1:{}", base + 11 + 2 * i as u16),
+        ])
+        .args(["--mirror-reconnect-ms", "50", "--data-dir"])
+        .arg(root.join("storage").join(&id));
+        Proc::spawn(
+            &format!("basalt-storage {id}"),
+            &mut cmd,
+            root.join(format!("{id}.log")),
+        )
+    }
+
+    fn start_node(root: &Path, base: u16) -> Result<Proc> {
+        let mut cmd = Command::new(bin("basalt-node")?);
+        cmd.args([
+            "--node-id",
+            "node1",
+            "--listen",
+            &format!("127.0.0.1:{}", base + 1),
+        ])
+        .args([
+            "--control",
+            &format!("http://127.0.0.1:{base}"),
+            "--state-dir",
+        ])
+        .arg(root.join("node"))
+        .arg("--backend-bin")
+        .arg(bin("basalt-vhost-blk")?)
+        .args(["--heartbeat-interval-ms", "200"]);
+        Proc::spawn("basalt-node", &mut cmd, root.join("node.log"))
+    }
+
+    /// Starts control, `servers` storage servers and a node manager, and
+    /// waits until control sees them all up.
+    pub fn start(root: &Path, servers: usize) -> Result<ManagedCluster> {
+        let base = free_ports(12 + 2 * servers as u16)?;
+        let control = Self::start_control(root, base)?;
+        let servers = (0..servers)
+            .map(|i| Self::start_server(root, base, i))
+            .collect::<Result<Vec<_>>>()?;
+        let node = Self::start_node(root, base)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut c = ManagedCluster {
+            root: root.to_path_buf(),
+            base,
+            control,
+            servers,
+            node,
+            rt,
+        };
+        c.wait_ready()?;
+        Ok(c)
+    }
+
+    /// A client bound to [`ManagedCluster::rt`]: drive it with `self.rt.block_on`
+    /// (its channel's background task runs on that runtime).
+    pub fn client(&self) -> Result<ControlClient<tonic::transport::Channel>> {
+        Ok(self.rt.block_on(ControlClient::connect(self.endpoint()))?)
+    }
+
+    /// Waits until every storage server and the node are UP.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let want = self.servers.len();
+        let ep = self.endpoint();
+        let rt = &self.rt;
+        let check = || {
+            rt.block_on(async {
+                let mut c = ControlClient::connect(ep.clone()).await.ok()?;
+                let s = c
+                    .list_storage_servers(pb::ListStorageServersRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .servers;
+                let n = c
+                    .list_nodes(pb::ListNodesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .nodes;
+                (s.iter().filter(|s| s.state == "UP").count() == want
+                    && n.iter().any(|n| n.state == "UP"))
+                .then_some(())
+            })
+        };
+        wait_for(&mut self.control, Duration::from_secs(30), check)
+    }
+
+    /// `kill -9` the control service and start it again on the same state.
+    pub fn restart_control(&mut self) -> Result<()> {
+        self.control.kill9();
+        self.control = Self::start_control(&self.root, self.base)?;
+        self.wait_ready()
+    }
+
+    /// `kill -9` the node manager (its backends keep running) and start it again.
+    pub fn restart_node(&mut self) -> Result<()> {
+        self.node.kill9();
+        self.node = Self::start_node(&self.root, self.base)?;
+        self.wait_ready()
+    }
+
+    /// Runs the `basalt` CLI; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(bin("basalt")?)
+            .arg("--control")
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .context("running basalt")?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs the CLI with `--output json` and parses the result; fails on error.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut a = vec!["--output", "json"];
+        a.extend_from_slice(args);
+        let (ok, out, err) = self.cli(&a)?;
+        if !ok {
+            bail!("basalt {} failed: {err}", args.join(" "));
+        }
+        serde_json::from_str(&out)
+            .with_context(|| format!("bad JSON from basalt {}: {out}", args.join(" ")))
+    }
+
+    /// Waits until `pred` holds for the volume's JSON.
+    pub fn wait_volume(
+        &self,
+        vol: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.cli_json(&["volume", "show", vol])?;
+            if pred(&v) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("volume {vol} never reached the expected state: {v}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ManagedCluster {
+    /// Backends outlive their node manager by design (they keep serving
+    /// guests across its restarts), so a test cluster stops them itself.
+    fn drop(&mut self) {
+        if let Ok(b) = bin("basalt-vhost-blk") {
+            for (pid, _) in
+                basalt_node::procfs::backends_in(&b, &self.root.join("node").join("run"))
+            {
+                // SAFETY: signalling a backend this cluster started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
