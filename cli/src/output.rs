@@ -105,7 +105,7 @@ pub fn volume_detail(v: &pb::Volume) -> String {
     let mut s = table(&VOLUME_HEADERS, &[volume_row(v)]);
     if let Some(a) = &v.attachment {
         s.push_str(&format!(
-            "\n\nattached to {} ({}{})\nsocket: {}\nQEMU flags:\n  {}\nCloud Hypervisor flags:\n  {}",
+            "\n\nattached to {} ({}{})\nsocket: {}\nQEMU flags:\n  {}\n  (once per VM: -object memory-backend-memfd,id=mem,size=<RAM>,share=on -numa node,memdev=mem)\nCloud Hypervisor flags:\n  {}\n  (once per VM: --memory size=<RAM>,shared=on)",
             a.node_id,
             a.state,
             if a.read_only { ", read-only" } else { "" },
