@@ -13,7 +13,7 @@
 //! applied in arrival order, which is the primary's order.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use basalt_proto::wire::{Flags, Header, Hello, Opcode, PeerRole, Status};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::copy::{Copy, CopyError};
 use crate::error_map::wire_status;
 use crate::frames::{accept_hello, pool, read_frame};
+use crate::mirror::{AckJoin, AckTo, Payload};
 use crate::store::Store;
 
 pub struct DataCtx {
@@ -206,15 +207,34 @@ fn fua(copy: &Copy, h: &Header) -> Result<(), CopyError> {
 /// Applies locally, forwards to every mirror in the same order, and answers
 /// Ok only when every mirror answered Ok (invariant 1). A large payload is
 /// handed to the mirror links as it is (the connection takes a fresh buffer
-/// from the pool), not copied.
+/// from the pool), not copied. Without FUA, the answer is sent by whoever
+/// completes the request last (the local write, or the link reader that
+/// receives the last mirror acknowledgement): no task per write.
 fn primary_mutation(ctx: &DataCtx, copy: Arc<Copy>, h: Header, payload: &mut Vec<u8>, out: Out) {
     let mirrors = copy.mirrors();
+    let fua = h.flags.has(Flags::FUA);
     let shared = (!mirrors.is_empty() && payload.len() >= pool::MIN_KEEP)
         .then(|| Arc::new(std::mem::replace(payload, pool::take_any())));
     let data: &[u8] = match &shared {
         Some(p) => &p[..],
         None => &payload[..],
     };
+    let join = (!fua && !mirrors.is_empty()).then(|| {
+        let out = out.clone();
+        let volume = copy.volume_id;
+        AckJoin::new(mirrors.len(), move |status| {
+            if status != Status::Ok {
+                tracing::debug!(
+                    volume,
+                    request = h.request_id,
+                    ?status,
+                    "mirror did not acknowledge"
+                );
+            }
+            reply(&out, h.response(status));
+        })
+    });
+    let deadline = Instant::now() + ctx.mirror_timeout;
     let acks: Vec<oneshot::Receiver<Status>> = {
         let _order = copy.order.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = mutate(&copy, &h, data) {
@@ -227,24 +247,36 @@ fn primary_mutation(ctx: &DataCtx, copy: Arc<Copy>, h: Header, payload: &mut Vec
         for m in copy.syncing().iter() {
             drop(m.send(fwd, data));
         }
-        mirrors
-            .iter()
-            .map(|m| match &shared {
-                Some(p) => m.send_shared(fwd, p),
-                None => m.send(fwd, data),
-            })
-            .collect()
+        let mut acks = Vec::new();
+        for m in mirrors.iter() {
+            let p = match &shared {
+                Some(p) => Payload::Shared(p),
+                None => Payload::Slice(data),
+            };
+            match &join {
+                Some(j) => m.send_to(fwd, p, AckTo::Join(j.clone()), Some(deadline)),
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    m.send_to(fwd, p, AckTo::Oneshot(tx), None);
+                    acks.push(rx);
+                }
+            }
+        }
+        acks
     };
+    if join.is_some() {
+        return;
+    }
+    if !fua {
+        // No mirrors: done.
+        return reply(&out, h.response(Status::Ok));
+    }
     let timeout = ctx.mirror_timeout;
     tokio::spawn(async move {
-        let local = if h.flags.has(Flags::FUA) {
-            let c = copy.clone();
-            tokio::task::spawn_blocking(move || c.sync())
-                .await
-                .unwrap_or_else(|_| Err(CopyError::Io(std::io::Error::other("sync task failed"))))
-        } else {
-            Ok(())
-        };
+        let c = copy.clone();
+        let local = tokio::task::spawn_blocking(move || c.sync())
+            .await
+            .unwrap_or_else(|_| Err(CopyError::Io(std::io::Error::other("sync task failed"))));
         if let Err(e) = local {
             return reply_err(&out, &h, &e);
         }

@@ -7,9 +7,9 @@
 //! reconnecting.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use basalt_proto::wire::{Header, PeerRole, Status, HEADER_LEN};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -19,7 +19,83 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::frames::{connect_hello, pool, read_frame};
 use crate::meta::PeerMeta;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Status>>>>;
+type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
+
+/// How often a link looks for acknowledgements past their deadline.
+const SWEEP: Duration = Duration::from_millis(20);
+
+/// Where a mirror's acknowledgement goes.
+pub enum AckTo {
+    /// A channel (flushes, FUA writes: their task also waits for a sync).
+    Oneshot(oneshot::Sender<Status>),
+    /// A request that waits for every mirror.
+    Join(Arc<AckJoin>),
+}
+
+impl AckTo {
+    fn deliver(self, s: Status) {
+        match self {
+            AckTo::Oneshot(tx) => {
+                let _ = tx.send(s);
+            }
+            AckTo::Join(j) => j.ack(s),
+        }
+    }
+}
+
+/// A primary request waiting for the acknowledgements of all its mirrors.
+/// The last to arrive (or to fail, or to time out) runs `done` with the
+/// combined status, from the link's reader: no task per request.
+pub struct AckJoin {
+    remaining: AtomicUsize,
+    /// 0 Ok, 1 MirrorUnavailable, 2 StaleEpoch: the highest wins.
+    worst: AtomicU8,
+    done: Mutex<Option<Done>>,
+}
+
+type Done = Box<dyn FnOnce(Status) + Send>;
+
+impl AckJoin {
+    pub fn new(mirrors: usize, done: impl FnOnce(Status) + Send + 'static) -> Arc<AckJoin> {
+        Arc::new(AckJoin {
+            remaining: AtomicUsize::new(mirrors),
+            worst: AtomicU8::new(0),
+            done: Mutex::new(Some(Box::new(done))),
+        })
+    }
+
+    fn ack(&self, s: Status) {
+        let rank = match s {
+            Status::Ok => 0,
+            Status::StaleEpoch => 2,
+            _ => 1,
+        };
+        self.worst.fetch_max(rank, Ordering::AcqRel);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let status = match self.worst.load(Ordering::Acquire) {
+                0 => Status::Ok,
+                2 => Status::StaleEpoch,
+                _ => Status::MirrorUnavailable,
+            };
+            if let Some(done) = lock(&self.done).take() {
+                done(status);
+            }
+        }
+    }
+}
+
+struct Waiter {
+    /// When the acknowledgement is given up as `MirrorUnavailable`.
+    deadline: Option<Instant>,
+    to: AckTo,
+}
+
+/// A replica frame's payload.
+pub enum Payload<'a> {
+    Slice(&'a [u8]),
+    /// Large, shared with the request that carried it and the other links.
+    Shared(&'a Arc<Vec<u8>>),
+}
 
 /// A frame queued on a link.
 enum LinkFrame {
@@ -68,33 +144,39 @@ impl MirrorLink {
     /// Queues a replica frame. The receiver yields the mirror's status, or
     /// `MirrorUnavailable` if the connection is or goes down first.
     pub fn send(&self, header: Header, payload: &[u8]) -> oneshot::Receiver<Status> {
-        self.queue(header, |h| LinkFrame::Bytes(pool::frame(h, payload)))
+        let (tx, rx) = oneshot::channel();
+        self.send_to(header, Payload::Slice(payload), AckTo::Oneshot(tx), None);
+        rx
     }
 
-    /// [`MirrorLink::send`] for a large payload shared with other links.
-    pub fn send_shared(&self, header: Header, payload: &Arc<Vec<u8>>) -> oneshot::Receiver<Status> {
-        self.queue(header, |h| LinkFrame::Shared(h.encode(), payload.clone()))
-    }
-
-    fn queue(
+    /// Queues a replica frame; its acknowledgement goes to `to`, or
+    /// `MirrorUnavailable` if the connection is or goes down first or
+    /// `deadline` passes.
+    pub fn send_to(
         &self,
         mut header: Header,
-        frame: impl FnOnce(&Header) -> LinkFrame,
-    ) -> oneshot::Receiver<Status> {
-        let (tx, rx) = oneshot::channel();
+        payload: Payload<'_>,
+        to: AckTo,
+        deadline: Option<Instant>,
+    ) {
         let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = guard.as_ref() else {
-            let _ = tx.send(Status::MirrorUnavailable);
-            return rx;
+            drop(guard);
+            return to.deliver(Status::MirrorUnavailable);
         };
         header.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&conn.pending).insert(header.request_id, tx);
-        if conn.tx.send(frame(&header)).is_err() {
-            if let Some(tx) = lock(&conn.pending).remove(&header.request_id) {
-                let _ = tx.send(Status::MirrorUnavailable);
+        lock(&conn.pending).insert(header.request_id, Waiter { deadline, to });
+        let frame = match payload {
+            Payload::Slice(p) => LinkFrame::Bytes(pool::frame(&header, p)),
+            Payload::Shared(p) => LinkFrame::Shared(header.encode(), p.clone()),
+        };
+        if conn.tx.send(frame).is_err() {
+            let w = lock(&conn.pending).remove(&header.request_id);
+            drop(guard);
+            if let Some(w) = w {
+                w.to.deliver(Status::MirrorUnavailable);
             }
         }
-        rx
     }
 
     pub fn is_connected(&self) -> bool {
@@ -176,8 +258,9 @@ async fn run(
             _ = closed.changed() => std::io::Error::other("link closed"),
         };
         *lock(&slot) = None;
-        for (_, tx) in lock(&pending).drain() {
-            let _ = tx.send(Status::MirrorUnavailable);
+        let left: Vec<Waiter> = lock(&pending).drain().map(|(_, w)| w).collect();
+        for w in left {
+            w.to.deliver(Status::MirrorUnavailable);
         }
         tracing::warn!(mirror = %peer.server_id, "mirror link down: {err}");
         if *closed.borrow() {
@@ -221,6 +304,27 @@ async fn serve(
         }
         Ok::<(), std::io::Error>(())
     };
+    let sweep_pending = pending.clone();
+    let sweeper = async move {
+        let mut tick = tokio::time::interval(SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let expired: Vec<Waiter> = {
+                let mut p = lock(&sweep_pending);
+                let ids: Vec<u64> = p
+                    .iter()
+                    .filter(|(_, w)| w.deadline.is_some_and(|d| d <= now))
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.iter().filter_map(|id| p.remove(id)).collect()
+            };
+            for w in expired {
+                w.to.deliver(Status::MirrorUnavailable);
+            }
+        }
+    };
     let reader = async move {
         let mut buf = Vec::new();
         loop {
@@ -230,14 +334,16 @@ async fn serve(
                     "mirror sent a request on a replication link",
                 ));
             }
-            if let Some(tx) = lock(&pending).remove(&h.request_id) {
-                let _ = tx.send(h.status);
+            let w = lock(&pending).remove(&h.request_id);
+            if let Some(w) = w {
+                w.to.deliver(h.status);
             }
         }
     };
     tokio::select! {
         r = writer => r.err().unwrap_or_else(|| std::io::Error::other("link closed")),
         r = reader => match r { Err(e) => e, Ok(()) => std::io::Error::other("reader ended") },
+        () = sweeper => std::io::Error::other("sweeper ended"),
     }
 }
 
@@ -279,4 +385,35 @@ async fn write_two<W: AsyncWrite + Unpin>(w: &mut W, a: &[u8], b: &[u8]) -> std:
         off += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(n: usize) -> (Arc<AckJoin>, std::sync::mpsc::Receiver<Status>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let j = AckJoin::new(n, move |s| tx.send(s).unwrap());
+        (j, rx)
+    }
+
+    #[test]
+    fn join_answers_once_after_every_mirror_with_the_worst_status() {
+        let (j, rx) = join(3);
+        j.ack(Status::Ok);
+        j.ack(Status::MirrorUnavailable);
+        assert!(rx.try_recv().is_err(), "answered before the last mirror");
+        j.ack(Status::Ok);
+        assert_eq!(rx.try_recv(), Ok(Status::MirrorUnavailable));
+        assert!(rx.try_recv().is_err());
+
+        let (j, rx) = join(2);
+        j.ack(Status::StaleEpoch);
+        j.ack(Status::MirrorUnavailable);
+        assert_eq!(rx.try_recv(), Ok(Status::StaleEpoch));
+
+        let (j, rx) = join(1);
+        AckTo::Join(j).deliver(Status::Ok);
+        assert_eq!(rx.try_recv(), Ok(Status::Ok));
+    }
 }
