@@ -204,17 +204,7 @@ impl Control {
                 .await
                 .map_err(|e| peer_error(&format!("node {}", node.node_id), e))?;
         }
-        if let Ok(s) = self.registry.server(&*self.store, from) {
-            let mut cl = self.clients.storage(&s.server_id, &s.admin_address).await?;
-            match cl
-                .delete_copy(spb::DeleteCopyRequest { volume_id: v.id })
-                .await
-            {
-                Ok(_) => {}
-                Err(st) if st.code() == tonic::Code::NotFound => {}
-                Err(st) => return Err(peer_error(&s.server_id, st)),
-            }
-        }
+        self.delete_copy_on(v.id, from).await?;
         v.retire = None;
         self.save(&v)?;
         tracing::info!(volume = v.id, %from, "drain: copy moved");

@@ -253,28 +253,31 @@ impl Control {
         self.finish_delete(v).await
     }
 
+    /// Deletes a volume's copy on one server; an unknown server or an
+    /// absent copy counts as done.
+    pub(crate) async fn delete_copy_on(&self, volume_id: u64, server_id: &str) -> Result<()> {
+        let s = match self.registry.server(&*self.store, server_id) {
+            Ok(s) => s,
+            Err(ControlError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut cl = self
+            .clients
+            .storage(&s.server_id, &s.admin_address)
+            .await
+            .map_err(|e| {
+                ControlError::Unavailable(format!("{e}; the delete finishes when it is back"))
+            })?;
+        match cl.delete_copy(spb::DeleteCopyRequest { volume_id }).await {
+            Ok(_) => Ok(()),
+            Err(st) if st.code() == tonic::Code::NotFound => Ok(()),
+            Err(st) => Err(peer_error(&s.server_id, st)),
+        }
+    }
+
     pub(crate) async fn finish_delete(&self, v: VolumeRecord) -> Result<()> {
         for c in &v.copies {
-            let s = match self.registry.server(&*self.store, &c.server_id) {
-                Ok(s) => s,
-                Err(ControlError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            let mut cl = self
-                .clients
-                .storage(&s.server_id, &s.admin_address)
-                .await
-                .map_err(|e| {
-                    ControlError::Unavailable(format!("{e}; the delete finishes when it is back"))
-                })?;
-            match cl
-                .delete_copy(spb::DeleteCopyRequest { volume_id: v.id })
-                .await
-            {
-                Ok(_) => {}
-                Err(st) if st.code() == tonic::Code::NotFound => {}
-                Err(st) => return Err(peer_error(&s.server_id, st)),
-            }
+            self.delete_copy_on(v.id, &c.server_id).await?;
         }
         self.store
             .apply(vec![Op::Delete(Table::Volumes, v.key())])?;
