@@ -17,7 +17,6 @@
 //! The epoch bump fences the old primary: its mirrors refuse its forwarded
 //! writes, so it can acknowledge nothing once the new layout is pushed.
 
-use basalt_proto::node as npb;
 use basalt_proto::storage_admin as spb;
 
 use crate::clients::peer_error;
@@ -148,7 +147,7 @@ impl Control {
         self.finish_cutover(v, &m.from).await
     }
 
-    fn pick_target(&self, v: &VolumeRecord, from: &str) -> Result<String> {
+    pub(crate) fn pick_target(&self, v: &VolumeRecord, from: &str) -> Result<String> {
         let servers = self.registry.servers(&*self.store)?;
         let zone_of = |id: &str| {
             servers
@@ -191,20 +190,10 @@ impl Control {
     /// Step 4: push the new layout, repoint the backend, delete the old copy.
     async fn finish_cutover(&self, mut v: VolumeRecord, from: &str) -> Result<()> {
         self.push_layout(&v).await?;
-        if let Some(a) = v.attachment.clone() {
-            let node = self.registry.node(&*self.store, &a.node_id)?;
-            let primary = self.registry.server(&*self.store, v.primary())?;
-            let mut cl = self.clients.node(&node.node_id, &node.address).await?;
-            let req = npb::UpdateLayoutRequest {
-                volume_id: v.id,
-                primary_address: primary.data_address,
-                epoch: v.epoch,
-            };
-            cl.update_layout(req)
-                .await
-                .map_err(|e| peer_error(&format!("node {}", node.node_id), e))?;
+        self.repoint_backend(&v).await?;
+        if !from.is_empty() {
+            self.delete_copy_on(v.id, from).await?;
         }
-        self.delete_copy_on(v.id, from).await?;
         v.retire = None;
         self.save(&v)?;
         tracing::info!(volume = v.id, %from, "drain: copy moved");

@@ -7,6 +7,7 @@ pub mod config;
 mod convert;
 mod drain;
 pub mod error;
+mod failover;
 mod grpc;
 pub mod model;
 pub mod placement;

@@ -62,6 +62,20 @@ pub struct VolumeRecord {
     /// deleted once the new layout is pushed everywhere.
     #[serde(default)]
     pub retire: Option<String>,
+    /// Copies wanted (primary + mirrors); after a failure the volume runs
+    /// degraded until re-mirroring restores this many. 0 = `copies.len()`.
+    #[serde(default)]
+    pub replicas: u32,
+}
+
+impl VolumeRecord {
+    pub fn wanted_copies(&self) -> usize {
+        if self.replicas == 0 {
+            self.copies.len()
+        } else {
+            self.replicas as usize
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,6 @@ impl Control {
                 Err(e) => tracing::warn!(volume = id, "reconcile: will retry: {e}"),
             }
         }
-        n + self.advance_drains().await
+        n + self.handle_failures().await + self.advance_drains().await
     }
 }

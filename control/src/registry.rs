@@ -22,6 +22,7 @@ struct Live {
 pub struct Registry {
     live: Mutex<Live>,
     pub down_after: Duration,
+    started: Instant,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -42,6 +43,7 @@ impl Registry {
         Registry {
             live: Mutex::default(),
             down_after,
+            started: Instant::now(),
         }
     }
 
@@ -54,6 +56,13 @@ impl Registry {
             .seen
             .get(id)
             .is_some_and(|t| t.elapsed() < self.down_after)
+    }
+
+    /// Failed: no heartbeat for `down_after`, counted from this control
+    /// process's start too (so a control restart is not mistaken for every
+    /// peer failing at once).
+    pub fn is_failed(&self, id: &str) -> bool {
+        self.started.elapsed() > self.down_after && !self.is_up(id)
     }
 
     fn last_seen_unix(&self, id: &str) -> i64 {

@@ -144,6 +144,7 @@ impl Control {
             created_at: now_unix(),
             moving: None,
             retire: None,
+            replicas: copies,
         };
         self.save(&v)?;
         tracing::info!(volume = v.id, name = %v.name, size = v.size_bytes, copies = ?v.copies, "creating volume");
