@@ -117,6 +117,8 @@ pub struct MirrorLink {
     conn: Arc<Mutex<Option<Conn>>>,
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
+    /// True while the connection is up and frames can be queued.
+    up: Arc<watch::Sender<bool>>,
 }
 
 /// Settings a link needs from its server.
@@ -136,9 +138,22 @@ impl MirrorLink {
             conn: Arc::new(Mutex::new(None)),
             next_id: AtomicU64::new(1),
             closed,
+            up: Arc::new(watch::channel(false).0),
         });
-        tokio::spawn(run(peer, settings, link.conn.clone(), closed_rx));
+        tokio::spawn(run(
+            peer,
+            settings,
+            link.conn.clone(),
+            link.up.clone(),
+            closed_rx,
+        ));
         link
+    }
+
+    /// Resolves when the link is connected (at once if it already is).
+    pub async fn wait_connected(&self) {
+        let mut rx = self.up.subscribe();
+        let _ = rx.wait_for(|up| *up).await;
     }
 
     /// Queues a replica frame. The receiver yields the mirror's status, or
@@ -201,6 +216,7 @@ async fn run(
     peer: PeerMeta,
     s: LinkSettings,
     slot: Arc<Mutex<Option<Conn>>>,
+    up: Arc<watch::Sender<bool>>,
     mut closed: watch::Receiver<bool>,
 ) {
     let mut failures = 0u64;
@@ -253,11 +269,13 @@ async fn run(
             tx,
             pending: pending.clone(),
         });
+        up.send_replace(true);
         let err = tokio::select! {
             e = serve(stream, rx, pending.clone()) => e,
             _ = closed.changed() => std::io::Error::other("link closed"),
         };
         *lock(&slot) = None;
+        up.send_replace(false);
         let left: Vec<Waiter> = lock(&pending).drain().map(|(_, w)| w).collect();
         for w in left {
             w.to.deliver(Status::MirrorUnavailable);

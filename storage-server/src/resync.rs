@@ -61,9 +61,7 @@ async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>) {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        while !link.is_connected() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        link.wait_connected().await;
         tracing::info!(volume = copy.volume_id, mirror = %id, attempt, "full copy to syncing mirror started");
         match copy_all(&copy, &link).await {
             Ok(bytes) => {

@@ -184,6 +184,25 @@ impl LocalServer {
             .unwrap_or_default()
     }
 
+    /// Waits until every mirror link of a primary copy is connected, so
+    /// writes can be acknowledged.
+    pub fn wait_replicating(&self, volume_id: u64, timeout: Duration) -> anyhow::Result<()> {
+        let c = self
+            .store
+            .get(volume_id)
+            .with_context(|| format!("no copy of volume {volume_id}"))?;
+        let links = c.mirrors();
+        self.handle.block_on(async {
+            tokio::time::timeout(timeout, async {
+                for l in links.iter() {
+                    l.wait_connected().await;
+                }
+            })
+            .await
+        })?;
+        Ok(())
+    }
+
     /// The copy's current bytes, read from its data file.
     pub fn read_copy(&self, volume_id: u64) -> anyhow::Result<Vec<u8>> {
         let c = self

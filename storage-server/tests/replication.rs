@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use basalt_proto::wire::{
     read_frame, write_frame, Flags, Header, Hello, HelloChallenge, Opcode, PeerRole, Status,
@@ -76,6 +77,9 @@ fn pair() -> (tempfile::TempDir, LocalServer, LocalServer) {
     primary
         .create_primary_with_mirrors(VOL, SIZE, &[("s-mirror", mirror.data_addr)])
         .unwrap();
+    primary
+        .wait_replicating(VOL, Duration::from_secs(10))
+        .unwrap();
     (dir, primary, mirror)
 }
 
@@ -84,16 +88,7 @@ fn writes_reach_the_mirror_before_they_are_acknowledged() {
     let (_d, primary, mirror) = pair();
     let mut c = Client::connect(primary.data_addr, PeerRole::Backend, "b1");
     let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
-    // The first write may race the mirror link's first connection.
-    let mut st = c.op(Opcode::Write, 1, 4096, 65536, &data);
-    for _ in 0..100 {
-        if st != Status::MirrorUnavailable {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        st = c.op(Opcode::Write, 1, 4096, 65536, &data);
-    }
-    assert_eq!(st, Status::Ok);
+    assert_eq!(c.op(Opcode::Write, 1, 4096, 65536, &data), Status::Ok);
     assert_eq!(c.op(Opcode::Discard, 1, 1 << 20, 8192, &[]), Status::Ok);
     assert_eq!(c.op(Opcode::WriteZeroes, 1, 4096, 512, &[]), Status::Ok);
     assert_eq!(c.op(Opcode::Flush, 1, 0, 0, &[]), Status::Ok);
@@ -161,15 +156,7 @@ fn fencing_roles_and_bounds() {
 fn a_lost_mirror_blocks_acknowledgements() {
     let (_d, primary, mirror) = pair();
     let mut c = Client::connect(primary.data_addr, PeerRole::Backend, "b1");
-    let mut st = Status::MirrorUnavailable;
-    for _ in 0..100 {
-        st = c.op(Opcode::Write, 1, 0, 512, &[1; 512]);
-        if st == Status::Ok {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(st, Status::Ok);
+    assert_eq!(c.op(Opcode::Write, 1, 0, 512, &[1; 512]), Status::Ok);
     drop(mirror);
     for i in 0..5 {
         assert_eq!(
@@ -238,21 +225,15 @@ fn a_new_mirror_is_filled_while_writes_continue() {
     m2.create_mirror(VOL, SIZE, "s-primary").unwrap();
     let mut c = Client::connect(primary.data_addr, PeerRole::Backend, "b1");
     // Fill part of the volume (the rest stays holes), then keep writing.
-    let mut st = Status::MirrorUnavailable;
     for i in 0..64u64 {
         let block: Vec<u8> = (0..65536u32).map(|j| (j as u64 * 31 + i) as u8).collect();
-        for _ in 0..100 {
-            st = c.op(Opcode::Write, 1, i * 65536, 65536, &block);
-            if st == Status::Ok {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert_eq!(st, Status::Ok);
+        assert_eq!(c.op(Opcode::Write, 1, i * 65536, 65536, &block), Status::Ok);
     }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
+        let done = done.clone();
         let addr = primary.data_addr;
         std::thread::spawn(move || {
             let mut c = Client::connect(addr, PeerRole::Backend, "b2");
@@ -266,6 +247,7 @@ fn a_new_mirror_is_filled_while_writes_continue() {
                     "writes keep being acknowledged during the full copy"
                 );
                 n += 1;
+                done.store(n, std::sync::atomic::Ordering::Relaxed);
             }
             n
         })
@@ -285,8 +267,13 @@ fn a_new_mirror_is_filled_while_writes_continue() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // Writes after the copy finished still reach the new mirror, in order.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Writes after the copy finished still reach the new mirror, in order:
+    // let a few hundred more be acknowledged before stopping.
+    let after = done.load(std::sync::atomic::Ordering::Relaxed) + 300;
+    while done.load(std::sync::atomic::Ordering::Relaxed) < after {
+        assert!(!writer.is_finished(), "the writer stopped");
+        std::thread::yield_now();
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.join().unwrap();
     assert_eq!(c.op(Opcode::Flush, 1, 0, 0, &[]), Status::Ok);

@@ -26,6 +26,52 @@ fn copy_file(c: &ManagedCluster, server_id: &str, vol: u64) -> std::path::PathBu
         .join("data")
 }
 
+/// A 256 MiB volume created and attached to node1.
+struct Attached {
+    id: u64,
+    primary: String,
+    mirror: String,
+    socket: String,
+}
+
+fn create_and_attach(c: &ManagedCluster, name: &str) -> Attached {
+    let v = c
+        .cli_json(&["volume", "create", name, "--size", "256M"])
+        .unwrap();
+    let a = c
+        .cli_json(&["volume", "attach", name, "--node", "node1"])
+        .unwrap();
+    Attached {
+        id: v["id"].as_u64().unwrap(),
+        primary: v["primary"]["server_id"].as_str().unwrap().to_owned(),
+        mirror: v["mirrors"][0]["server_id"].as_str().unwrap().to_owned(),
+        socket: a["attachment"]["socket_path"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A guest script that runs verifying fio rounds (`round N start` / `round N
+/// ok`, plus the completion-latency lines) on a 256 MiB disk until the host
+/// grows the volume — the host's way of saying "enough" — or `max` rounds.
+fn fio_rounds_until_resized(prelude: &str, fio_args: &str, max: u32) -> String {
+    format!(
+        r#"set -e
+{prelude}
+i=0
+while [ ! -e /tmp/stop ]; do
+  i=$((i+1))
+  echo "round $i start"
+  fio --name=r$i --filename=/dev/vda --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=16 {fio_args} --verify=crc32c --verify_fatal=1 --eta=never --output=/tmp/fio.out || {{ cat /tmp/fio.out; exit 3; }}
+  grep -q "err= 0" /tmp/fio.out || {{ cat /tmp/fio.out; exit 4; }}
+  grep -E "clat \(" /tmp/fio.out
+  echo "round $i ok"
+  [ $i -lt {max} ] || break
+  if [ "$(cat /sys/block/vda/size)" != 524288 ]; then touch /tmp/stop; fi
+done
+echo "rounds=$i"
+"#
+    )
+}
+
 #[test]
 fn managed_volume_lifecycle_with_a_guest() {
     assert!(
@@ -365,31 +411,18 @@ fn drain_moves_copies_while_a_guest_writes() {
     );
     let image = guest::ensure_image().unwrap();
     let (_root, c) = cluster();
-    let v = c
-        .cli_json(&["volume", "create", "busy", "--size", "256M"])
-        .unwrap();
-    let id = v["id"].as_u64().unwrap();
-    let old_primary = v["primary"]["server_id"].as_str().unwrap().to_owned();
-    let old_mirror = v["mirrors"][0]["server_id"].as_str().unwrap().to_owned();
-    let v = c
-        .cli_json(&["volume", "attach", "busy", "--node", "node1"])
-        .unwrap();
-    let socket = v["attachment"]["socket_path"].as_str().unwrap().to_owned();
+    let Attached {
+        id,
+        primary: old_primary,
+        mirror: old_mirror,
+        socket,
+    } = create_and_attach(&c, "busy");
     // fio writes and verifies in a loop until the host says the drain is done.
-    let script = r#"set -e
-dd if=/dev/urandom of=/dev/vda bs=1M count=96 oflag=direct 2>/dev/null
-echo BASALT-STEP writing
-i=0
-while [ ! -e /tmp/stop ]; do
-  i=$((i+1))
-  fio --name=drain$i --filename=/dev/vda --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=16 --offset=128M --size=16M --verify=crc32c --verify_fatal=1 --eta=never --output=/tmp/fio.out || { cat /tmp/fio.out; exit 3; }
-  grep -q "err= 0" /tmp/fio.out || { cat /tmp/fio.out; exit 4; }
-  echo "round $i ok"
-  [ $i -lt 40 ] || break
-  if [ "$(cat /sys/block/vda/size)" != 524288 ]; then touch /tmp/stop; fi
-done
-echo "rounds=$i"
-"#;
+    let script = fio_rounds_until_resized(
+        "dd if=/dev/urandom of=/dev/vda bs=1M count=96 oflag=direct 2>/dev/null\necho BASALT-STEP writing",
+        "--offset=128M --size=16M",
+        40,
+    );
     // The guest stops when the volume is resized: the host's signal that the
     // drain has finished (the guest sees the new capacity).
     let mut drained = None;
@@ -397,7 +430,7 @@ echo "rounds=$i"
     let run = image
         .run_watching(
             &GuestConfig::new(&socket),
-            script,
+            &script,
             Duration::from_secs(900),
             &mut |line| {
                 if line.contains("BASALT-STEP writing") && started.is_none() {
@@ -484,36 +517,24 @@ fn primary_kill9_fails_over_and_remirrors_under_a_guest() {
     );
     let image = guest::ensure_image().unwrap();
     let (_root, mut c) = cluster();
-    let v = c
-        .cli_json(&["volume", "create", "hot", "--size", "256M"])
-        .unwrap();
-    let id = v["id"].as_u64().unwrap();
-    let old_primary = v["primary"]["server_id"].as_str().unwrap().to_owned();
-    let old_mirror = v["mirrors"][0]["server_id"].as_str().unwrap().to_owned();
-    let v = c
-        .cli_json(&["volume", "attach", "hot", "--node", "node1"])
-        .unwrap();
-    let socket = v["attachment"]["socket_path"].as_str().unwrap().to_owned();
-    let script = r#"set -e
-i=0
-while [ ! -e /tmp/stop ]; do
-  i=$((i+1))
-  echo "round $i start"
-  fio --name=fo$i --filename=/dev/vda --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=16 --offset=64M --size=32M --verify=crc32c --verify_fatal=1 --verify_backlog=256 --serialize_overlap=1 --eta=never --output=/tmp/fio.out || { cat /tmp/fio.out; exit 3; }
-  grep -q "err= 0" /tmp/fio.out || { cat /tmp/fio.out; exit 4; }
-  grep -E "clat \(" /tmp/fio.out
-  echo "round $i ok"
-  [ $i -lt 60 ] || break
-  if [ "$(cat /sys/block/vda/size)" != 524288 ]; then touch /tmp/stop; fi
-done
-"#;
+    let Attached {
+        id,
+        primary: old_primary,
+        mirror: old_mirror,
+        socket,
+    } = create_and_attach(&c, "hot");
+    let script = fio_rounds_until_resized(
+        "",
+        "--offset=64M --size=32M --verify_backlog=256 --serialize_overlap=1",
+        60,
+    );
     let victim: usize = old_primary[1..].parse::<usize>().unwrap() - 1;
     let mut killed: Option<Instant> = None;
     let mut healed: Option<(Duration, serde_json::Value)> = None;
     let run = image
         .run_watching(
             &GuestConfig::new(&socket),
-            script,
+            &script,
             Duration::from_secs(900),
             &mut |line| {
                 if line.starts_with("round 2 start") && killed.is_none() {

@@ -167,6 +167,15 @@ fn mirror_kill9_stalls_writes_but_never_fails_them() {
     };
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut mirror = c.servers.remove(1);
+    let backend_log = be.proc.log.clone();
+    // Rounds in which the backend resubmitted held requests.
+    let resubmissions = move || {
+        std::fs::read_to_string(&backend_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("resubmitted in-flight requests"))
+            .count()
+    };
     let fault = std::thread::spawn(move || {
         rx.recv().unwrap();
         // Wait until the guest's writes are flowing, then kill the mirror.
@@ -175,10 +184,16 @@ fn mirror_kill9_stalls_writes_but_never_fails_them() {
         while allocated(&primary_file) < base + (8 << 20) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        let before = resubmissions();
         mirror.kill9();
         let killed = Instant::now();
-        // Leave it down long enough for many writes to be refused and retried.
-        std::thread::sleep(Duration::from_millis(1500));
+        // Bring it back once the backend has held and resubmitted the
+        // refused writes several times over (each round is a refusal by
+        // the primary for want of the mirror, then a retry).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while resubmissions() < before + 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         mirror.restart().unwrap();
         (mirror, killed.elapsed())
     });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use basalt_storage::testing::LocalServer;
 use common::blk::Blk;
-use common::{init_logging, pattern, Backend, Harness, Opts};
+use common::{init_logging, pattern, wait_until, Backend, Harness, Opts};
 
 const MIB: usize = 1 << 20;
 
@@ -24,8 +24,15 @@ fn requests_survive_a_primary_restart() -> anyhow::Result<()> {
     blk.write(0, 0, 0, 64 << 10, 1);
     blk.wait_ok(0, 1)?;
 
-    // The primary goes away with nothing in flight; then requests arrive.
+    // The primary goes away with nothing in flight; once every queue has
+    // seen it go, requests arrive.
     drop(h.storage.take());
+    let stats = h.backend.stats.clone();
+    wait_until(
+        "both queues to lose the primary",
+        Duration::from_secs(10),
+        || stats.total().retries >= 2,
+    )?;
     pattern(2, &mut blk.mem()[MIB..6 * MIB]);
     model[MIB..6 * MIB].copy_from_slice(&blk.mem()[MIB..6 * MIB]);
     blk.write(0, MIB as u64, MIB, 5 * MIB, 2); // split in two wire requests
@@ -34,7 +41,6 @@ fn requests_survive_a_primary_restart() -> anyhow::Result<()> {
     blk.write(1, 7 * MIB as u64, 7 * MIB, 4096, 3);
     blk.read(1, 0, 8 * MIB, 64 << 10, 4);
     assert!(blk.kick(0)?.is_empty() && blk.kick(1)?.is_empty());
-    std::thread::sleep(Duration::from_millis(300));
 
     // It comes back on another port; the layout is updated (as the control
     // service will do after a failover).
@@ -121,7 +127,12 @@ fn wrong_role_is_retried_until_the_layout_names_the_primary() -> anyhow::Result<
     let data = blk.mem()[..8192].to_vec();
     blk.write(0, 4096, 0, 8192, 1);
     assert!(blk.kick(0)?.is_empty());
-    std::thread::sleep(Duration::from_millis(300));
+    let stats = backend.stats.clone();
+    wait_until(
+        "the mirror to refuse the write",
+        Duration::from_secs(10),
+        || stats.total().retries >= 1,
+    )?;
     assert!(
         backend.stats.total().retries >= 1,
         "{:?}",
@@ -175,7 +186,12 @@ fn stale_epoch_is_never_acknowledged_and_waits_for_a_new_layout() -> anyhow::Res
     blk.mem()[..4096].fill(1);
     blk.write(0, 0, 0, 4096, 1);
     assert!(blk.kick(0)?.is_empty());
-    std::thread::sleep(Duration::from_millis(300));
+    let stats = old.stats.clone();
+    wait_until(
+        "the fenced write to be refused",
+        Duration::from_secs(10),
+        || stats.total().retries >= 1,
+    )?;
     assert!(blk.kick(0)?.is_empty(), "a fenced write must not complete");
     assert!(storage.read_copy(opts.volume_id)?[..4096]
         .iter()

@@ -156,3 +156,23 @@ pub fn pattern(seed: u64, out: &mut [u8]) {
         chunk.copy_from_slice(&b[..chunk.len()]);
     }
 }
+
+/// Waits until `cond` holds (a state change of the backend under test), or
+/// fails after `timeout`.
+#[allow(dead_code)]
+pub fn wait_until(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
+}
