@@ -54,6 +54,15 @@ impl control_server::Control for Api {
         Ok(Response::new(self.0.volume_pb(&v)))
     }
 
+    async fn report_unreachable(
+        &self,
+        r: Request<pb::ReportUnreachableRequest>,
+    ) -> R<pb::ReportUnreachableResponse> {
+        Ok(Response::new(
+            self.0.report_unreachable(r.into_inner()).await?,
+        ))
+    }
+
     async fn attach_volume(&self, r: Request<pb::AttachVolumeRequest>) -> R<pb::Volume> {
         let v = self.0.attach(r.into_inner()).await?;
         Ok(Response::new(self.0.volume_pb(&v)))

@@ -13,6 +13,7 @@ pub mod model;
 pub mod placement;
 mod reconcile;
 pub mod registry;
+mod report;
 pub mod store;
 mod volumes;
 

@@ -176,6 +176,7 @@ impl Control {
         Ok(spb::Peer {
             server_id: s.server_id,
             address: s.data_address,
+            delta: false,
         })
     }
 

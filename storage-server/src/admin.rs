@@ -70,6 +70,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
                 .map(|p| pb::Peer {
                     server_id: p.server_id,
                     address: p.address,
+                    delta: false,
                 })
                 .collect(),
             primary_server_id: m.primary_server_id,
@@ -79,6 +80,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
                 .map(|p| pb::Peer {
                     server_id: p.server_id,
                     address: p.address,
+                    delta: false,
                 })
                 .collect(),
         }),
@@ -94,6 +96,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
             v
         },
         resync_bytes: c.resync_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        ..Default::default()
     }
 }
 

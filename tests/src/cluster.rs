@@ -178,6 +178,7 @@ pub fn create_volume(
         .map(|m| pb::Peer {
             server_id: m.id.clone(),
             address: m.data.to_string(),
+            delta: false,
         })
         .collect();
     primary.admin()?.create_copy(
