@@ -26,8 +26,19 @@ pub struct Args {
     #[arg(long, default_value_t = 2000)]
     pub reconcile_interval_ms: u64,
     /// Timeout for calls to storage servers and node managers.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 3000)]
     pub peer_timeout_ms: u64,
+    /// How long the control service tries to reach a server reported
+    /// unreachable by the data path before it fences it (part of the
+    /// guest-visible stall of a failover).
+    #[arg(long, default_value_t = 250)]
+    pub probe_timeout_ms: u64,
+    /// How long a volume runs with fewer copies than wanted, waiting for a
+    /// dropped copy's server to come back (it then rejoins with a delta
+    /// resync of the regions written meanwhile), before a new copy is filled
+    /// from scratch on another server.
+    #[arg(long, default_value_t = 30_000)]
+    pub rejoin_wait_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +57,8 @@ pub struct Config {
     pub down_after: Duration,
     pub reconcile_interval: Duration,
     pub peer_timeout: Duration,
+    pub probe_timeout: Duration,
+    pub rejoin_wait: Duration,
 }
 
 impl TryFrom<Args> for Config {
@@ -56,6 +69,7 @@ impl TryFrom<Args> for Config {
             (a.down_after_ms, "--down-after-ms"),
             (a.reconcile_interval_ms, "--reconcile-interval-ms"),
             (a.peer_timeout_ms, "--peer-timeout-ms"),
+            (a.probe_timeout_ms, "--probe-timeout-ms"),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroTimer(n));
@@ -71,6 +85,8 @@ impl TryFrom<Args> for Config {
             down_after: Duration::from_millis(a.down_after_ms),
             reconcile_interval: Duration::from_millis(a.reconcile_interval_ms),
             peer_timeout: Duration::from_millis(a.peer_timeout_ms),
+            probe_timeout: Duration::from_millis(a.probe_timeout_ms),
+            rejoin_wait: Duration::from_millis(a.rejoin_wait_ms),
         })
     }
 }

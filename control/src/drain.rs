@@ -21,7 +21,7 @@ use basalt_proto::storage_admin as spb;
 
 use crate::clients::peer_error;
 use crate::error::{ControlError, Result};
-use crate::model::{AttachState, CopyRecord, MoveRecord, VolumeRecord, VolumeState};
+use crate::model::{now_unix_ms, AttachState, CopyRecord, MoveRecord, VolumeRecord, VolumeState};
 use crate::placement::place;
 use crate::Control;
 
@@ -36,31 +36,58 @@ impl Control {
             .collect())
     }
 
-    /// Advances every move one step. Caller holds the operations lock.
-    pub(crate) async fn advance_drains(&self) -> usize {
-        let (vols, draining) = match (self.volumes(), self.draining()) {
-            (Ok(v), Ok(d)) => (v, d),
-            _ => return 0,
-        };
-        let mut n = 0;
-        for v in vols {
-            let busy = v.state != VolumeState::Available
-                || v.attachment
-                    .as_ref()
-                    .is_some_and(|a| a.state != AttachState::Attached);
-            let wants = v.retire.is_some()
-                || v.moving.is_some()
-                || v.copies.iter().any(|c| draining.contains(&c.server_id));
-            if busy || !wants {
-                continue;
-            }
-            n += 1;
-            let id = v.id;
-            if let Err(e) = self.advance_move(v, &draining).await {
-                tracing::warn!(volume = id, "drain: will retry: {e}");
-            }
+    /// Servers being drained.
+    pub(crate) fn draining_servers(&self) -> Result<Vec<String>> {
+        self.draining()
+    }
+
+    /// Advances a volume's move one step, if it has one to make. Caller
+    /// holds the operations lock.
+    pub(crate) async fn advance_drain(
+        &self,
+        v: VolumeRecord,
+        draining: &[String],
+    ) -> Option<Result<()>> {
+        let busy = v.state != VolumeState::Available
+            || v.attachment
+                .as_ref()
+                .is_some_and(|a| a.state != AttachState::Attached);
+        let wants = v.retire.is_some()
+            || v.moving.is_some()
+            || v.copies.iter().any(|c| draining.contains(&c.server_id));
+        if busy || !wants || v.layout_pending {
+            return None;
         }
-        n
+        if self.rejoin_expired(&v) {
+            return Some(self.abandon_rejoin(v).await);
+        }
+        Some(self.advance_move(v, draining).await)
+    }
+
+    /// Gives up on a dropped copy that could not rejoin in time: a new copy
+    /// will be filled elsewhere.
+    async fn abandon_rejoin(&self, mut v: VolumeRecord) -> Result<()> {
+        let Some(m) = v.moving.take() else {
+            return Ok(());
+        };
+        v.dropped.retain(|d| d.server_id != m.to);
+        self.save(&v)?;
+        tracing::warn!(volume = v.id, server = %m.to, "rejoin did not finish in time; a new copy will be made elsewhere");
+        let primary = self.registry.server(&*self.store, v.primary())?;
+        let mut pc = self
+            .clients
+            .storage(&primary.server_id, &primary.admin_address)
+            .await?;
+        pc.set_layout(spb::SetLayoutRequest {
+            volume_id: v.id,
+            layout: Some(self.layout_pb(&v, v.primary())?),
+        })
+        .await
+        .map_err(|e| peer_error(&primary.server_id, e))?;
+        if let Err(e) = self.delete_copy_on(v.id, &m.to).await {
+            tracing::warn!(volume = v.id, server = %m.to, "could not delete the copy that failed to rejoin: {e}");
+        }
+        Ok(())
     }
 
     async fn advance_move(&self, mut v: VolumeRecord, draining: &[String]) -> Result<()> {
@@ -78,7 +105,12 @@ impl Control {
             };
             let to = self.pick_target(&v, &from)?;
             tracing::info!(volume = v.id, %from, %to, "drain: moving copy");
-            v.moving = Some(MoveRecord { from, to });
+            v.moving = Some(MoveRecord {
+                from,
+                to,
+                delta: false,
+                started_ms: now_unix_ms(),
+            });
             self.save(&v)?;
             return Box::pin(self.advance_move(v, draining)).await;
         };
@@ -95,7 +127,17 @@ impl Control {
         };
         match cl.create_copy(req).await {
             Ok(_) => {}
-            Err(st) if st.code() == tonic::Code::AlreadyExists => {}
+            Err(st) if st.code() == tonic::Code::AlreadyExists => {
+                // A resumed step, or a dropped copy rejoining: make it a
+                // mirror of the current primary at the current epoch.
+                let req = spb::SetLayoutRequest {
+                    volume_id: v.id,
+                    layout: Some(self.layout_pb(&v, &m.to)?),
+                };
+                cl.set_layout(req)
+                    .await
+                    .map_err(|e| peer_error(&to.server_id, e))?;
+            }
             Err(st) => return Err(peer_error(&to.server_id, st)),
         }
         let primary = self.registry.server(&*self.store, v.primary())?;
@@ -141,6 +183,7 @@ impl Control {
         v.copies = copies;
         v.epoch += 1;
         v.moving = None;
+        v.dropped.retain(|d| d.server_id != m.to);
         v.retire = Some(m.from.clone());
         self.save(&v)?;
         tracing::info!(volume = v.id, from = %m.from, to = %m.to, epoch = v.epoch, new_primary = %v.primary(), from_primary, "drain: cutover");

@@ -66,6 +66,32 @@ pub struct VolumeRecord {
     /// degraded until re-mirroring restores this many. 0 = `copies.len()`.
     #[serde(default)]
     pub replicas: u32,
+    /// A failover persisted a new layout that is not yet pushed to every
+    /// surviving copy; the reconcile loop pushes it (a control crash between
+    /// the two steps resumes here).
+    #[serde(default)]
+    pub layout_pending: bool,
+    /// Copies that left the layout in a failover and may come back: if
+    /// their server returns within `--rejoin-wait-ms`, the copy rejoins with
+    /// a delta resync instead of a new copy being filled from scratch.
+    #[serde(default)]
+    pub dropped: Vec<DroppedCopy>,
+}
+
+/// A copy dropped from a volume's layout by a failover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedCopy {
+    pub server_id: String,
+    /// Epoch of the layout that dropped it.
+    pub epoch: u64,
+    /// It held the primary copy.
+    pub was_primary: bool,
+    /// A delta resync is safe: every write it may hold that the others do
+    /// not was resubmitted by the attached backend. False after a forced
+    /// attach (the backend holding those writes may be gone).
+    pub delta_ok: bool,
+    /// Unix milliseconds.
+    pub dropped_at_ms: i64,
 }
 
 impl VolumeRecord {
@@ -82,6 +108,14 @@ impl VolumeRecord {
 pub struct MoveRecord {
     pub from: String,
     pub to: String,
+    /// A dropped copy rejoining: the primary may resync only the regions
+    /// written since it left (its dirty-region map).
+    #[serde(default)]
+    pub delta: bool,
+    /// Unix milliseconds when the move started (a rejoin that does not
+    /// finish within `--rejoin-wait-ms` is abandoned).
+    #[serde(default)]
+    pub started_ms: i64,
 }
 
 impl VolumeRecord {
@@ -118,6 +152,13 @@ pub struct ServerRecord {
 pub struct NodeRecord {
     pub node_id: String,
     pub address: String,
+}
+
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub fn now_unix() -> i64 {

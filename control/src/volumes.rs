@@ -145,6 +145,8 @@ impl Control {
             moving: None,
             retire: None,
             replicas: copies,
+            layout_pending: false,
+            dropped: vec![],
         };
         self.save(&v)?;
         tracing::info!(volume = v.id, name = %v.name, size = v.size_bytes, copies = ?v.copies, "creating volume");
@@ -187,7 +189,10 @@ impl Control {
                 .map(|c| self.peer(&c.server_id))
                 .collect::<Result<Vec<_>>>()?;
             let syncing = match &v.moving {
-                Some(m) => vec![self.peer(&m.to)?],
+                Some(m) => vec![spb::Peer {
+                    delta: m.delta,
+                    ..self.peer(&m.to)?
+                }],
                 None => vec![],
             };
             Ok(spb::CopyLayout {
@@ -278,8 +283,14 @@ impl Control {
     }
 
     pub(crate) async fn finish_delete(&self, v: VolumeRecord) -> Result<()> {
-        for c in &v.copies {
-            self.delete_copy_on(v.id, &c.server_id).await?;
+        for s in v
+            .copies
+            .iter()
+            .map(|c| &c.server_id)
+            .chain(v.dropped.iter().map(|d| &d.server_id))
+            .chain(v.moving.iter().map(|m| &m.to))
+        {
+            self.delete_copy_on(v.id, s).await?;
         }
         self.store
             .apply(vec![Op::Delete(Table::Volumes, v.key())])?;
@@ -322,6 +333,11 @@ impl Control {
             let old_node = a.node_id.clone();
             v.epoch += 1;
             v.attachment = None;
+            // The fenced backend may have held writes only an old primary
+            // saw: such a copy may not rejoin by delta.
+            for d in v.dropped.iter_mut().filter(|d| d.was_primary) {
+                d.delta_ok = false;
+            }
             self.save(&v)?;
             self.push_layout(&v).await?;
             tracing::warn!(

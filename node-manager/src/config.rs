@@ -95,6 +95,9 @@ pub struct BackendSettings {
     pub socket_owner: Option<Owner>,
     pub cluster_key_file: Option<PathBuf>,
     pub retry_interval_ms: Option<u64>,
+    /// Control service URL given to backends (they ask it for a new layout
+    /// when their primary fails).
+    pub control: Option<String>,
     pub restart_backoff: Duration,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
@@ -202,6 +205,7 @@ impl TryFrom<Args> for Config {
             socket_owner: a.socket_owner.as_deref().map(parse_owner).transpose()?,
             cluster_key_file: a.cluster_key_file,
             retry_interval_ms: a.backend_retry_interval_ms,
+            control: a.control.clone(),
             restart_backoff: millis("restart-backoff-ms", a.restart_backoff_ms)?,
             start_timeout: millis("backend-start-timeout-ms", a.backend_start_timeout_ms)?,
             stop_timeout: millis("backend-stop-timeout-ms", a.backend_stop_timeout_ms)?,

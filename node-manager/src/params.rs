@@ -120,6 +120,10 @@ pub fn backend_args(p: &AttachParams, socket: &Path, s: &BackendSettings) -> Vec
         v.push("--retry-interval-ms".to_owned());
         v.push(ms.to_string());
     }
+    if let Some(c) = &s.control {
+        v.push("--control".to_owned());
+        v.push(c.clone());
+    }
     v
 }
 

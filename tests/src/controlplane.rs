@@ -48,6 +48,8 @@ impl ManagedCluster {
                 "1000",
                 "--reconcile-interval-ms",
                 "300",
+                "--rejoin-wait-ms",
+                "3000",
             ]);
         Proc::spawn("basalt-control", &mut cmd, root.join("control.log"))
     }

@@ -55,8 +55,21 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub retry_interval_ms: u64,
     /// Timeout of one TCP connect plus handshake to the primary.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     pub connect_timeout_ms: u64,
+    /// A primary that answers none of the requests in flight for this long
+    /// is reported to the control service as unreachable (a hung or cut-off
+    /// server). Part of the guest-visible stall of a failover.
+    #[arg(long, default_value_t = 400)]
+    pub request_timeout_ms: u64,
+    /// Control service URL (http://HOST:PORT): asked for a new layout when
+    /// the primary cannot be reached or refuses our epoch. Without it the
+    /// backend keeps retrying the layout it has.
+    #[arg(long, value_name = "URL")]
+    pub control: Option<String>,
+    /// Timeout of one call to the control service.
+    #[arg(long, default_value_t = 3000)]
+    pub control_timeout_ms: u64,
     /// How long stopping a ring (GET_VRING_BASE) or the process waits for
     /// in-flight requests before abandoning them.
     #[arg(long, default_value_t = 5000)]
@@ -86,6 +99,9 @@ pub struct Config {
     pub cluster_key: Vec<u8>,
     pub retry_interval: Duration,
     pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub control: Option<String>,
+    pub control_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_interval: Duration,
     pub backend_id: String,
@@ -114,6 +130,8 @@ pub enum ConfigError {
     },
     #[error("--backend-id {0:?} must be 1..=64 bytes of UTF-8")]
     BackendId(String),
+    #[error("--control {0:?} is not an http:// URL; give the control service as http://HOST:PORT")]
+    Control(String),
 }
 
 fn valid_host_port(s: &str) -> bool {
@@ -163,6 +181,12 @@ impl TryFrom<Args> for Config {
         if backend_id.is_empty() || backend_id.len() > 64 {
             return Err(ConfigError::BackendId(backend_id));
         }
+        if let Some(c) = &a.control {
+            let rest = c.strip_prefix("http://").unwrap_or("");
+            if !valid_host_port(rest.trim_end_matches('/')) {
+                return Err(ConfigError::Control(c.clone()));
+            }
+        }
         let cluster_key = match a.cluster_key_file {
             Some(path) => match std::fs::read(&path) {
                 Ok(key) => key,
@@ -183,6 +207,9 @@ impl TryFrom<Args> for Config {
             cluster_key,
             retry_interval: millis("retry-interval-ms", a.retry_interval_ms)?,
             connect_timeout: millis("connect-timeout-ms", a.connect_timeout_ms)?,
+            request_timeout: millis("request-timeout-ms", a.request_timeout_ms)?,
+            control: a.control,
+            control_timeout: millis("control-timeout-ms", a.control_timeout_ms)?,
             drain_timeout: millis("drain-timeout-ms", a.drain_timeout_ms)?,
             log_interval: millis("log-interval-ms", a.log_interval_ms)?,
             backend_id,
@@ -236,6 +263,11 @@ mod tests {
         assert!(args(&["--serial", "12345678901234567890"]).is_ok());
         assert!(args(&["--epoch", "0"]).is_err());
         assert!(args(&["--retry-interval-ms", "0"]).is_err());
+        assert!(args(&["--request-timeout-ms", "0"]).is_err());
+        assert!(args(&["--control", "127.0.0.1:7400"])
+            .unwrap_err()
+            .contains("http://"));
+        assert!(args(&["--control", "http://127.0.0.1:7400"]).is_ok());
         let e = args(&["--cluster-key-file", "/nonexistent/key"]).unwrap_err();
         assert!(e.contains("cluster-key-file"), "{e}");
     }

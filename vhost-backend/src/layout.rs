@@ -1,8 +1,9 @@
 //! Where the volume's primary copy lives, and with which epoch we talk to it.
 //!
-//! Read by the queues only when they (re)connect, never on the I/O path. A
-//! future control-plane client updates it with [`Layout::update`] after a
-//! failover; queues pick the new primary and epoch up at their next reconnect.
+//! Read by the queues only when they (re)connect, never on the I/O path.
+//! Updated with [`Layout::update`] after a failover, by the control-service
+//! client (`failover.rs`) or by the node manager through the control socket;
+//! queues pick the new primary and epoch up at their next reconnect.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -14,17 +15,6 @@ pub struct LayoutSnapshot {
     pub primary: String,
     /// Layout epoch carried by every request.
     pub epoch: u64,
-}
-
-/// Why a queue asks for a fresh layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshReason {
-    /// The copy answered `StaleEpoch`: it has seen `theirs`, we sent `ours`.
-    StaleEpoch { ours: u64, theirs: u64 },
-    /// The server we reached is not (or no longer) the volume's primary.
-    WrongRole,
-    /// The server we reached holds no copy of the volume.
-    NoSuchVolume,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,21 +69,6 @@ impl Layout {
         *g = LayoutSnapshot { primary, epoch };
         self.epoch.store(epoch, Ordering::Release);
         Ok(())
-    }
-
-    /// HOOK for the control-plane client: a queue found that its layout is
-    /// out of date (the queue logs why, rate-limited). Today there is nobody
-    /// to ask, so nothing happens and the queue keeps retrying with whatever
-    /// layout is installed. A stale epoch is never bumped locally: only the
-    /// control service may fence or unfence a backend. A later change asks
-    /// the control service for the current layout here and calls
-    /// [`Layout::update`].
-    pub fn request_refresh(&self, queue: u16, reason: RefreshReason) {
-        tracing::debug!(
-            queue,
-            ?reason,
-            "layout refresh requested (no control-plane client yet)"
-        );
     }
 }
 

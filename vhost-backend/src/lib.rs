@@ -18,6 +18,7 @@ pub mod backend;
 pub mod config;
 pub mod config_notify;
 pub mod control_socket;
+pub mod failover;
 pub mod inflight;
 pub mod layout;
 pub mod primary;

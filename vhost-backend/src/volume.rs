@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::config_notify::ConfigNotifier;
+use crate::failover::Failover;
 use crate::layout::Layout;
 use crate::primary::ConnectParams;
 use crate::stats::Stats;
@@ -18,6 +19,8 @@ pub struct Volume {
     /// Backend-request channel of the current VMM session (config-change
     /// notifications after a resize).
     pub notifier: ConfigNotifier,
+    /// Asks the control service for a new layout.
+    pub failover: Failover,
     pub(crate) connect: ConnectParams,
 }
 
@@ -29,9 +32,17 @@ impl Volume {
             volume_id: config.volume_id,
             timeout: config.connect_timeout,
         };
+        let layout = Arc::new(Layout::new(config.primary.clone(), config.epoch));
         Volume {
             blk: BlkConfigSpace::new(config.size_bytes, config.queues, config.queue_size),
-            layout: Arc::new(Layout::new(config.primary.clone(), config.epoch)),
+            failover: Failover::new(
+                config.control.clone(),
+                config.volume_id,
+                config.backend_id.clone(),
+                layout.clone(),
+                config.control_timeout,
+            ),
+            layout,
             stats: Arc::new(Stats::new(usize::from(config.queues))),
             notifier: ConfigNotifier::default(),
             connect,

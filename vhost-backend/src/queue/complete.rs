@@ -4,14 +4,16 @@ use std::io::{self, BufReader};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use basalt_proto::wire::{read_frame, Header, Status, HEADER_LEN};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
 use super::frames::{opcode, part_span, scatter};
 use super::{lock, Pending, QueueEngine, Used};
-use crate::layout::RefreshReason;
-use crate::primary;
+use crate::failover::Reported;
+use crate::layout::LayoutSnapshot;
+use crate::primary::{self, ConnectError};
 use crate::request::RequestKind;
 use crate::stats::bump;
 
@@ -24,7 +26,37 @@ enum End {
     Io(io::Error),
     Protocol(&'static str),
     Retry(Status),
-    Stale { ours: u64, theirs: u64 },
+    /// The primary refused our role or volume: the layout may be out of date.
+    Refused(Status),
+    Stale {
+        ours: u64,
+        theirs: u64,
+    },
+    /// No answer to any request in flight for this long.
+    Timeout(Duration),
+}
+
+/// What to ask the control service after a connection ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Nothing,
+    /// The primary cannot be reached: fail over if control cannot either.
+    Report,
+    /// The primary refused us: what is the current layout?
+    Refresh,
+}
+
+/// Waits up to `timeout` for `fd` to be readable.
+fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n != 0
 }
 
 /// Whether `fd` has data to read right now.
@@ -43,24 +75,48 @@ impl QueueEngine {
     pub(super) fn run_completions(self: Arc<Self>) {
         let mut payload = Vec::new();
         let mut done: Vec<Used> = Vec::with_capacity(usize::from(self.vol.config.queue_size));
-        let mut first = true;
+        let mut pause = false;
         while !self.stopped() {
-            if !first {
+            if pause {
                 self.pause(self.vol.config.retry_interval);
             }
-            first = false;
-            let Some(stream) = self.establish() else {
-                continue;
+            pause = true;
+            let seen = self.vol.layout.snapshot();
+            let (ask, lost) = match self.establish(&seen) {
+                Err(ask) => (ask, false),
+                Ok(stream) => {
+                    let end = self.read_responses(stream, &mut payload, &mut done);
+                    self.publish(&mut done);
+                    self.disconnect();
+                    let ask = match &end {
+                        End::Timeout(_) => Ask::Report,
+                        End::Refused(_) | End::Stale { .. } => Ask::Refresh,
+                        _ => Ask::Nothing,
+                    };
+                    let lost = matches!(end, End::Io(_));
+                    self.report(end);
+                    (ask, lost)
+                }
             };
-            let end = self.read_responses(stream, &mut payload, &mut done);
-            self.publish(&mut done);
-            self.disconnect();
-            self.report(end);
+            if self.stopped() {
+                break;
+            }
+            // A lost connection is retried at once: if the primary is gone,
+            // the refused reconnect reports it without waiting.
+            let changed = match ask {
+                Ask::Nothing => lost,
+                Ask::Report => self.vol.failover.report(self.index, &seen) == Reported::Changed,
+                Ask::Refresh => self.vol.failover.refresh(self.index, &seen) == Reported::Changed,
+            };
+            if changed {
+                pause = false;
+            }
         }
     }
 
-    fn establish(&self) -> Option<TcpStream> {
-        let layout = self.vol.layout.snapshot();
+    /// Connects to the primary of `layout`; on failure, says what to ask
+    /// the control service.
+    fn establish(&self, layout: &LayoutSnapshot) -> Result<TcpStream, Ask> {
         let stream = match primary::connect(&layout.primary, layout.epoch, &self.vol.connect) {
             Ok(s) => s,
             Err(e) => {
@@ -72,7 +128,11 @@ impl QueueEngine {
                         self.vol.config.retry_interval
                     );
                 }
-                return None;
+                return Err(match e {
+                    ConnectError::Connect { .. } | ConnectError::Handshake { .. } => Ask::Report,
+                    ConnectError::Rejected { .. } => Ask::Refresh,
+                    _ => Ask::Nothing,
+                });
             }
         };
         let (Ok(w), Ok(live)) = (stream.try_clone(), stream.try_clone()) else {
@@ -80,12 +140,12 @@ impl QueueEngine {
                 queue = self.index,
                 "cannot duplicate the primary socket (out of file descriptors?); retrying"
             );
-            return None;
+            return Err(Ask::Nothing);
         };
         let in_flight = {
             let mut st = lock(&self.state);
             if self.stopped() {
-                return None;
+                return Err(Ask::Nothing);
             }
             st.gen += 1;
             st.epoch = layout.epoch;
@@ -101,7 +161,7 @@ impl QueueEngine {
         if let Err(e) = self.resubmit_evt.write(1) {
             tracing::error!(queue = self.index, "cannot wake the queue worker: {e}");
         }
-        Some(stream)
+        Ok(stream)
     }
 
     fn disconnect(&self) {
@@ -153,6 +213,16 @@ impl QueueEngine {
                     tracing::warn!(queue = q, suppressed = n, "primary answered {status:?}; reconnecting in {interval:?} and resubmitting in-flight requests");
                 }
             }
+            End::Refused(status) => {
+                if let Some(n) = self.conn_log.check() {
+                    tracing::warn!(queue = q, suppressed = n, "primary refused us ({status:?}): asking the control service for the current layout");
+                }
+            }
+            End::Timeout(d) => {
+                if let Some(n) = self.conn_log.check() {
+                    tracing::warn!(queue = q, suppressed = n, "primary answered nothing for {d:?} (--request-timeout-ms): reporting it to the control service");
+                }
+            }
         }
     }
 
@@ -163,13 +233,41 @@ impl QueueEngine {
         done: &mut Vec<Used>,
     ) -> End {
         let fd = stream.as_raw_fd();
+        let timeout = self.vol.config.request_timeout;
+        // Backstop for a primary that stops in the middle of a frame.
+        if let Err(e) = stream.set_read_timeout(Some(timeout)) {
+            return End::Io(e);
+        }
+        let tick = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
         let mut rd = BufReader::with_capacity(READ_BUF, stream);
+        let mut progress = Instant::now();
         loop {
+            // Between frames: wait for data, watching for a primary that
+            // answers none of the requests in flight.
+            while rd.buffer().len() < HEADER_LEN && !wait_readable(fd, tick) {
+                if self.stopped() {
+                    return End::Stopped;
+                }
+                if lock(&self.state).inflight.is_empty() {
+                    progress = Instant::now();
+                } else if progress.elapsed() >= timeout {
+                    return End::Timeout(progress.elapsed());
+                }
+            }
             let h = match read_frame(&mut rd, payload) {
                 Ok(h) => h,
                 Err(_) if self.stopped() => return End::Stopped,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return End::Timeout(progress.elapsed())
+                }
                 Err(e) => return End::Io(e),
             };
+            progress = Instant::now();
             if let Err(end) = self.on_response(&h, payload, done) {
                 return end;
             }
@@ -222,27 +320,12 @@ impl QueueEngine {
             }
             Status::Ok => {}
             Status::StaleEpoch => {
-                let reason = RefreshReason::StaleEpoch {
-                    ours,
-                    theirs: h.epoch,
-                };
-                drop(st);
-                self.vol.layout.request_refresh(self.index, reason);
                 return Err(End::Stale {
                     ours,
                     theirs: h.epoch,
                 });
             }
-            Status::WrongRole | Status::NoSuchVolume => {
-                let reason = if h.status == Status::WrongRole {
-                    RefreshReason::WrongRole
-                } else {
-                    RefreshReason::NoSuchVolume
-                };
-                drop(st);
-                self.vol.layout.request_refresh(self.index, reason);
-                return Err(End::Retry(h.status));
-            }
+            Status::WrongRole | Status::NoSuchVolume => return Err(End::Refused(h.status)),
             Status::MirrorUnavailable => return Err(End::Retry(h.status)),
             other => {
                 s.failed = true;
