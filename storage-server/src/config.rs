@@ -48,6 +48,10 @@ pub struct Args {
     /// listen address).
     #[arg(long)]
     pub advertise: Option<SocketAddr>,
+    /// Admin address to advertise to the control service (default: the
+    /// admin listen address).
+    #[arg(long)]
+    pub advertise_admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,7 @@ pub struct ServerConfig {
     pub control: Option<String>,
     pub zone: String,
     pub advertise: Option<SocketAddr>,
+    pub advertise_admin: Option<SocketAddr>,
 }
 
 pub fn valid_server_id(id: &str) -> bool {
@@ -119,6 +124,7 @@ impl TryFrom<Args> for ServerConfig {
             control: a.control,
             zone: a.zone,
             advertise: a.advertise,
+            advertise_admin: a.advertise_admin,
         })
     }
 }

@@ -103,7 +103,11 @@ impl Bound {
                 server_id: self.config.server_id.clone(),
                 zone: self.config.zone.clone(),
                 data_address: data.to_string(),
-                admin_address: self.admin_addr.to_string(),
+                admin_address: self
+                    .config
+                    .advertise_admin
+                    .unwrap_or(self.admin_addr)
+                    .to_string(),
                 data_dir: self.config.data_dir.clone(),
             }))
         });

@@ -38,6 +38,7 @@ impl LocalServer {
             control: None,
             zone: String::new(),
             advertise: None,
+            advertise_admin: None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
