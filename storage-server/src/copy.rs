@@ -30,6 +30,19 @@ pub enum CopyError {
     Io(#[from] std::io::Error),
 }
 
+/// The mirror links of a layout: in-sync mirrors and syncing mirrors.
+#[derive(Default)]
+pub struct Links {
+    pub mirrors: Vec<Arc<MirrorLink>>,
+    pub syncing: Vec<Arc<MirrorLink>>,
+}
+
+/// A layout change as applied: the metadata before and after.
+pub struct LayoutChange {
+    pub before: CopyMeta,
+    pub after: CopyMeta,
+}
+
 pub struct Copy {
     pub volume_id: u64,
     dir: PathBuf,
@@ -165,8 +178,32 @@ impl Copy {
         Ok(())
     }
 
-    /// Replaces role, epoch and peers, persisted before it takes effect.
-    pub fn set_layout(&self, update: impl FnOnce(&mut CopyMeta)) -> Result<CopyMeta, CopyError> {
+    /// Runs a mutation under the ordering lock after checking its epoch
+    /// there. [`Copy::set_layout`] takes the same lock, so a layout change
+    /// and a mutation are totally ordered: once a layout with epoch E+1 was
+    /// set, no mutation carrying epoch E is applied any more.
+    pub fn ordered<R>(
+        &self,
+        epoch: u64,
+        apply: impl FnOnce() -> Result<R, CopyError>,
+    ) -> Result<R, CopyError> {
+        let _order = lock(&self.order);
+        self.check_epoch(epoch)?;
+        apply()
+    }
+
+    /// Replaces role, epoch and peers, persisted before it takes effect, and
+    /// installs `links` (the mirror links of the new layout) at the same
+    /// moment. Holds the ordering lock, so no mutation is applied or queued
+    /// while the layout changes: a mutation either precedes the change
+    /// (checked against the old epoch, sent over the old links) or follows
+    /// it entirely. Lock order: `order`, then `meta`; never the reverse.
+    pub fn set_layout(
+        &self,
+        update: impl FnOnce(&mut CopyMeta),
+        links: Links,
+    ) -> Result<LayoutChange, CopyError> {
+        let _order = lock(&self.order);
         let mut m = lock(&self.meta);
         let mut next = m.clone();
         update(&mut next);
@@ -177,11 +214,16 @@ impl Copy {
             });
         }
         next.store(&self.dir)?;
-        *m = next.clone();
+        let before = std::mem::replace(&mut *m, next.clone());
         self.epoch.store(next.epoch, Ordering::Release);
         self.primary
             .store(next.role == Role::Primary, Ordering::Release);
-        Ok(next)
+        self.set_mirrors(links.mirrors);
+        self.set_syncing(links.syncing);
+        Ok(LayoutChange {
+            before,
+            after: next,
+        })
     }
 
     /// Grows the copy: the file first, then the persisted size, so a crash
@@ -207,6 +249,13 @@ impl Copy {
         Ok(())
     }
 
+    /// Installs the links of a copy just created or opened.
+    pub fn install_links(&self, links: Links) {
+        let _order = lock(&self.order);
+        self.set_mirrors(links.mirrors);
+        self.set_syncing(links.syncing);
+    }
+
     pub fn mirrors(&self) -> Arc<Vec<Arc<MirrorLink>>> {
         self.mirrors
             .read()
@@ -221,7 +270,7 @@ impl Copy {
             .clone()
     }
 
-    pub fn set_syncing(&self, links: Vec<Arc<MirrorLink>>) {
+    fn set_syncing(&self, links: Vec<Arc<MirrorLink>>) {
         *self.syncing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(links);
     }
 
@@ -246,7 +295,7 @@ impl Copy {
         Ok(Some((start as u64, (end as u64).min(self.size()))))
     }
 
-    pub fn set_mirrors(&self, links: Vec<Arc<MirrorLink>>) {
+    fn set_mirrors(&self, links: Vec<Arc<MirrorLink>>) {
         *self.mirrors.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(links);
     }
 
@@ -373,7 +422,56 @@ mod tests {
         let c = Copy::open(d.path()).unwrap();
         assert_eq!(c.epoch(), 7);
         assert!(c.check_epoch(6).is_err());
-        assert!(c.set_layout(|m| m.epoch = 5).is_err());
-        assert_eq!(c.set_layout(|m| m.epoch = 8).unwrap().epoch, 8);
+        assert!(c.set_layout(|m| m.epoch = 5, Links::default()).is_err());
+        let change = c.set_layout(|m| m.epoch = 8, Links::default()).unwrap();
+        assert_eq!((change.before.epoch, change.after.epoch), (7, 8));
+    }
+
+    /// A mutation whose epoch was checked before a layout change must be
+    /// applied before that change returns: after `set_layout(E+1)` returned,
+    /// nothing carrying epoch E lands any more.
+    #[test]
+    fn a_layout_change_waits_for_a_mutation_checked_under_the_old_epoch() {
+        use std::sync::mpsc::channel;
+        let d = tempfile::tempdir().unwrap();
+        let c = Arc::new(Copy::create(d.path(), meta(1)).unwrap());
+        let (checked_tx, checked) = channel();
+        let (go_tx, go) = channel::<()>();
+        let writer = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                c.ordered(1, || {
+                    checked_tx.send(()).unwrap();
+                    go.recv().unwrap();
+                    c.write_at(0, &[7; 512])
+                })
+            })
+        };
+        checked.recv().unwrap();
+        let (seen_tx, seen) = channel();
+        {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                c.set_layout(|m| m.epoch = 2, Links::default()).unwrap();
+                // What the copy holds the moment the new layout is in force.
+                let mut b = [0u8; 512];
+                c.read_at(0, &mut b).unwrap();
+                seen_tx.send(b).unwrap();
+            });
+        }
+        // The layout change must not finish while the checked write is
+        // paused; give it ample time to (wrongly) do so, then release it.
+        let early = seen.recv_timeout(std::time::Duration::from_millis(300));
+        go_tx.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        let seen = early.or_else(|_| seen.recv()).unwrap();
+        assert_eq!(
+            seen, [7; 512],
+            "the layout change returned before a write checked under the old epoch was applied"
+        );
+        assert!(matches!(
+            c.ordered(1, || Ok(())),
+            Err(CopyError::StaleEpoch { got: 1, current: 2 })
+        ));
     }
 }

@@ -139,33 +139,54 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
         return reply(out, h.response(Status::NoSuchVolume));
     };
     let replica = h.flags.has(Flags::REPLICA);
-    let role_ok = match peer.role {
-        PeerRole::Backend => !replica && copy.is_primary(),
-        PeerRole::Replication => {
-            replica && !copy.is_primary() && copy.primary_server_id() == peer.peer_id
-        }
-    };
-    if !role_ok {
+    if !role_ok(&copy, peer, replica) {
         return reply(out, h.response(Status::WrongRole));
     }
-    if let Err(e) = copy.check_epoch(h.epoch) {
-        return reply_err(out, &h, &e);
+    let mutation = matches!(
+        h.opcode,
+        Opcode::Write | Opcode::Discard | Opcode::WriteZeroes
+    );
+    // A mutation's epoch (and role) is checked again under the ordering
+    // lock, where it is applied: see `Copy::ordered`.
+    if !mutation {
+        if let Err(e) = copy.check_epoch(h.epoch) {
+            return reply_err(out, &h, &e);
+        }
     }
     match h.opcode {
         Opcode::Read => read(&copy, &h, out),
         Opcode::Flush => flush(ctx, copy, h, out.clone()),
         Opcode::Write | Opcode::Discard | Opcode::WriteZeroes => {
             if replica {
-                let r = mutate(&copy, &h, payload).and_then(|()| fua(&copy, &h));
+                let r = copy
+                    .ordered(h.epoch, || {
+                        if !role_ok(&copy, peer, true) {
+                            return Ok(false);
+                        }
+                        mutate(&copy, &h, payload).map(|()| true)
+                    })
+                    .and_then(|applied| fua(&copy, &h).map(|()| applied));
                 match r {
-                    Ok(()) => reply(out, h.response(Status::Ok)),
+                    Ok(true) => reply(out, h.response(Status::Ok)),
+                    Ok(false) => reply(out, h.response(Status::WrongRole)),
                     Err(e) => reply_err(out, &h, &e),
                 }
             } else {
-                primary_mutation(ctx, copy, h, payload, out.clone());
+                primary_mutation(ctx, peer, copy, h, payload, out.clone());
             }
         }
         Opcode::Hello | Opcode::Ping => unreachable_reply(out, &h),
+    }
+}
+
+/// Backends may only address primaries; replica frames are accepted only
+/// from the server a mirror's metadata names as its primary.
+fn role_ok(copy: &Copy, peer: &Hello, replica: bool) -> bool {
+    match peer.role {
+        PeerRole::Backend => !replica && copy.is_primary(),
+        PeerRole::Replication => {
+            replica && !copy.is_primary() && copy.primary_server_id() == peer.peer_id
+        }
     }
 }
 
@@ -210,36 +231,48 @@ fn fua(copy: &Copy, h: &Header) -> Result<(), CopyError> {
 /// from the pool), not copied. Without FUA, the answer is sent by whoever
 /// completes the request last (the local write, or the link reader that
 /// receives the last mirror acknowledgement): no task per write.
-fn primary_mutation(ctx: &DataCtx, copy: Arc<Copy>, h: Header, payload: &mut Vec<u8>, out: Out) {
-    let mirrors = copy.mirrors();
+fn primary_mutation(
+    ctx: &DataCtx,
+    peer: &Hello,
+    copy: Arc<Copy>,
+    h: Header,
+    payload: &mut Vec<u8>,
+    out: Out,
+) {
     let fua = h.flags.has(Flags::FUA);
-    let shared = (!mirrors.is_empty() && payload.len() >= pool::MIN_KEEP)
+    // Read outside the lock: a stale answer only decides whether the payload
+    // is shared with the links or copied into their frames.
+    let shared = (payload.len() >= pool::MIN_KEEP && !copy.mirrors().is_empty())
         .then(|| Arc::new(std::mem::replace(payload, pool::take_any())));
     let data: &[u8] = match &shared {
         Some(p) => &p[..],
         None => &payload[..],
     };
-    let join = (!fua && !mirrors.is_empty()).then(|| {
-        let out = out.clone();
-        let volume = copy.volume_id;
-        AckJoin::new(mirrors.len(), move |status| {
-            if status != Status::Ok {
-                tracing::debug!(
-                    volume,
-                    request = h.request_id,
-                    ?status,
-                    "mirror did not acknowledge"
-                );
-            }
-            reply(&out, h.response(status));
-        })
-    });
     let deadline = Instant::now() + ctx.mirror_timeout;
-    let acks: Vec<oneshot::Receiver<Status>> = {
-        let _order = copy.order.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = mutate(&copy, &h, data) {
-            return reply_err(&out, &h, &e);
+    // Everything from the epoch check to the last queued frame happens under
+    // the ordering lock, so a layout change (which takes it too) sees either
+    // none or all of it: the epoch, the links and the mirrors' order agree.
+    let queued = copy.ordered(h.epoch, || {
+        if !role_ok(&copy, peer, false) {
+            return Ok(None);
         }
+        mutate(&copy, &h, data)?;
+        let mirrors = copy.mirrors();
+        let join = (!fua && !mirrors.is_empty()).then(|| {
+            let out = out.clone();
+            let volume = copy.volume_id;
+            AckJoin::new(mirrors.len(), move |status| {
+                if status != Status::Ok {
+                    tracing::debug!(
+                        volume,
+                        request = h.request_id,
+                        ?status,
+                        "mirror did not acknowledge"
+                    );
+                }
+                reply(&out, h.response(status));
+            })
+        });
         let mut fwd = h;
         fwd.flags = Flags(Flags::REPLICA | (h.flags.0 & Flags::FUA));
         fwd.epoch = copy.epoch();
@@ -262,11 +295,17 @@ fn primary_mutation(ctx: &DataCtx, copy: Arc<Copy>, h: Header, payload: &mut Vec
                 }
             }
         }
-        acks
-    };
-    if join.is_some() {
-        return;
+        Ok(Some((join.is_some(), acks)))
+    });
+    if let Some(Ok(v)) = shared.map(Arc::try_unwrap) {
+        pool::put(v);
     }
+    let acks = match queued {
+        Ok(Some((true, _))) => return,
+        Ok(Some((false, acks))) => acks,
+        Ok(None) => return reply(&out, h.response(Status::WrongRole)),
+        Err(e) => return reply_err(&out, &h, &e),
+    };
     if !fua {
         // No mirrors: done.
         return reply(&out, h.response(Status::Ok));

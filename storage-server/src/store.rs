@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::copy::{Copy, CopyError};
+use crate::copy::{Copy, CopyError, Links};
 use crate::meta::{CopyMeta, PeerMeta, Role};
 use crate::mirror::{LinkSettings, MirrorLink};
 
@@ -153,12 +153,13 @@ impl Store {
         &self.settings.local_server_id
     }
 
-    /// (Re)builds a copy's mirror links from its metadata, reusing links to
-    /// unchanged peers so a layout change (say, a syncing mirror joining the
-    /// in-sync set) does not drop a connection; starts or stops full copies.
-    fn start_links(&self, copy: &Arc<Copy>) {
-        let m = copy.meta();
-        let primary = m.role == Role::Primary;
+    /// The mirror links for `m`, reusing the copy's links to unchanged
+    /// peers (same server id and address) so a layout change (say, a syncing
+    /// mirror joining the in-sync set) does not drop a connection.
+    fn links_for(&self, copy: &Copy, m: &CopyMeta) -> Links {
+        if m.role != Role::Primary {
+            return Links::default();
+        }
         let existing: Vec<Arc<MirrorLink>> = copy
             .mirrors()
             .iter()
@@ -168,21 +169,20 @@ impl Store {
         let link = |p: &PeerMeta| {
             existing
                 .iter()
-                .find(|l| l.peer == *p)
+                .find(|l| l.peer.server_id == p.server_id && l.peer.address == p.address)
                 .cloned()
                 .unwrap_or_else(|| MirrorLink::start(p.clone(), self.settings.clone()))
         };
-        let (mirrors, syncing): (Vec<_>, Vec<_>) = if primary {
-            (
-                m.mirrors.iter().map(link).collect(),
-                m.syncing.iter().map(link).collect(),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        crate::resync::reconcile(copy, &syncing);
-        copy.set_mirrors(mirrors);
-        copy.set_syncing(syncing);
+        Links {
+            mirrors: m.mirrors.iter().map(link).collect(),
+            syncing: m.syncing.iter().map(link).collect(),
+        }
+    }
+
+    /// Builds and installs the links of a copy just created or opened.
+    fn start_links(&self, copy: &Arc<Copy>) {
+        copy.install_links(self.links_for(copy, &copy.meta()));
+        crate::resync::reconcile(copy, &copy.syncing());
     }
 
     pub fn create(
@@ -221,7 +221,8 @@ impl Store {
             .write()
             .remove(&volume_id)
             .ok_or(StoreError::NotFound(volume_id))?;
-        copy.set_mirrors(Vec::new());
+        copy.install_links(Links::default());
+        crate::resync::reconcile(&copy, &[]);
         let doomed = self.root.join(format!("{volume_id}.deleting"));
         std::fs::rename(copy.dir(), &doomed)?;
         std::fs::remove_dir_all(&doomed)?;
@@ -242,20 +243,24 @@ impl Store {
     pub fn set_layout(&self, volume_id: u64, layout: Layout) -> Result<Arc<Copy>, StoreError> {
         layout.validate(self.local_id())?;
         let copy = self.get(volume_id).ok_or(StoreError::NotFound(volume_id))?;
-        let before = copy.meta();
-        copy.set_layout(|m| {
-            m.role = layout.role;
-            m.epoch = layout.epoch;
-            m.mirrors = layout.mirrors.clone();
-            m.primary_server_id = layout.primary_server_id.clone();
-            m.syncing = layout.syncing.clone();
-        })?;
-        if before.role != layout.role
-            || before.mirrors != layout.mirrors
-            || before.syncing != layout.syncing
-        {
-            self.start_links(&copy);
-        }
+        let mut next = copy.meta();
+        next.role = layout.role;
+        next.epoch = layout.epoch;
+        next.mirrors = layout.mirrors;
+        next.primary_server_id = layout.primary_server_id;
+        next.syncing = layout.syncing;
+        let links = self.links_for(&copy, &next);
+        copy.set_layout(
+            |m| {
+                m.role = next.role;
+                m.epoch = next.epoch;
+                m.mirrors = next.mirrors;
+                m.primary_server_id = next.primary_server_id;
+                m.syncing = next.syncing;
+            },
+            links,
+        )?;
+        crate::resync::reconcile(&copy, &copy.syncing());
         Ok(copy)
     }
 }
