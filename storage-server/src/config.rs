@@ -26,9 +26,15 @@ pub struct Args {
     /// key is empty: development only.
     #[arg(long)]
     pub cluster_key_file: Option<PathBuf>,
-    /// How long a primary waits for a mirror's acknowledgement before it
-    /// answers MirrorUnavailable (the write is then not acknowledged).
-    #[arg(long, default_value_t = 2000)]
+    /// How long a primary waits for a mirror's acknowledgement of a write.
+    /// When one is overdue the mirror is taken as hung: its connection is
+    /// torn down, every write waiting for it is answered MirrorUnavailable
+    /// (not acknowledged; the backend holds and resubmits it), and the loss
+    /// is reported to the control service, which drops the mirror from the
+    /// in-sync set. Also bounds each reconnection attempt (TCP connect plus
+    /// handshake). The default keeps the guest-visible stall for a failed
+    /// mirror under one second; raise it only for slow networks or disks.
+    #[arg(long, default_value_t = 400)]
     pub mirror_timeout_ms: u64,
     /// Pause between attempts to reconnect to an unreachable mirror.
     #[arg(long, default_value_t = 100)]

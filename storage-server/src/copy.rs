@@ -65,6 +65,8 @@ pub struct Copy {
     pub synced: Mutex<std::collections::HashSet<String>>,
     /// Bytes sent by full copies.
     pub resync_bytes: AtomicU64,
+    /// Bumped after every layout change, for tasks that follow the layout.
+    layout_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Copy {
@@ -113,6 +115,7 @@ impl Copy {
             resyncs: Mutex::default(),
             synced: Mutex::default(),
             resync_bytes: AtomicU64::new(0),
+            layout_changed: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -220,6 +223,7 @@ impl Copy {
             .store(next.role == Role::Primary, Ordering::Release);
         self.set_mirrors(links.mirrors);
         self.set_syncing(links.syncing);
+        self.layout_changed.send_modify(|n| *n += 1);
         Ok(LayoutChange {
             before,
             after: next,
@@ -254,6 +258,11 @@ impl Copy {
         let _order = lock(&self.order);
         self.set_mirrors(links.mirrors);
         self.set_syncing(links.syncing);
+    }
+
+    /// Changes (to an unspecified value) after every layout change.
+    pub fn layout_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.layout_changed.subscribe()
     }
 
     pub fn mirrors(&self) -> Arc<Vec<Arc<MirrorLink>>> {

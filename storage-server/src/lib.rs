@@ -10,6 +10,7 @@ mod error_map;
 pub mod frames;
 pub mod meta;
 pub mod mirror;
+pub mod report;
 pub mod resync;
 pub mod store;
 pub mod testing;
@@ -58,9 +59,15 @@ pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
         local_server_id: config.server_id.clone(),
         cluster_key: Arc::new(config.cluster_key.clone()),
         reconnect: config.mirror_reconnect,
+        connect_timeout: config.mirror_timeout,
     };
-    let store =
-        Arc::new(store::Store::open(&config.data_dir, settings).context("cannot load copies")?);
+    let reporter = match &config.control {
+        Some(url) => Some(Arc::new(report::Reporter::new(url, &config.server_id)?)),
+        None => None,
+    };
+    let store = Arc::new(
+        store::Store::open(&config.data_dir, settings, reporter).context("cannot load copies")?,
+    );
     let data = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

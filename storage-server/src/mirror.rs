@@ -5,6 +5,15 @@
 //! while the volume's ordering lock is held. While the mirror is unreachable,
 //! sends fail at once with `MirrorUnavailable` and a background task keeps
 //! reconnecting.
+//!
+//! A hung mirror (process stopped, network blackholed: TCP stays up but no
+//! acknowledgement comes) is detected by the first acknowledgement that
+//! passes its deadline: the connection is torn down at once, so every
+//! pending request gets `MirrorUnavailable` together (instead of each later
+//! write waiting out its own timeout) and reconnecting starts. A connection
+//! attempt (TCP connect and handshake) is bounded by the same timeout: a
+//! stopped process still completes TCP connects in the kernel but never
+//! answers the handshake.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -85,9 +94,20 @@ impl AckJoin {
 }
 
 struct Waiter {
-    /// When the acknowledgement is given up as `MirrorUnavailable`.
+    /// When the acknowledgement is overdue: the connection is then torn
+    /// down and every waiter answered `MirrorUnavailable`.
     deadline: Option<Instant>,
     to: AckTo,
+}
+
+/// State of a link's connection, for those who watch it (failure reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// The first connection attempt has not finished yet.
+    Connecting,
+    Up,
+    /// The connection was lost or could not be established; reconnecting.
+    Down,
 }
 
 /// A replica frame's payload.
@@ -117,8 +137,7 @@ pub struct MirrorLink {
     conn: Arc<Mutex<Option<Conn>>>,
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
-    /// True while the connection is up and frames can be queued.
-    up: Arc<watch::Sender<bool>>,
+    state: Arc<watch::Sender<LinkState>>,
 }
 
 /// Settings a link needs from its server.
@@ -127,6 +146,8 @@ pub struct LinkSettings {
     pub local_server_id: String,
     pub cluster_key: Arc<Vec<u8>>,
     pub reconnect: Duration,
+    /// Bound on one connection attempt (TCP connect and handshake).
+    pub connect_timeout: Duration,
 }
 
 impl MirrorLink {
@@ -138,13 +159,13 @@ impl MirrorLink {
             conn: Arc::new(Mutex::new(None)),
             next_id: AtomicU64::new(1),
             closed,
-            up: Arc::new(watch::channel(false).0),
+            state: Arc::new(watch::channel(LinkState::Connecting).0),
         });
         tokio::spawn(run(
             peer,
             settings,
             link.conn.clone(),
-            link.up.clone(),
+            link.state.clone(),
             closed_rx,
         ));
         link
@@ -152,8 +173,17 @@ impl MirrorLink {
 
     /// Resolves when the link is connected (at once if it already is).
     pub async fn wait_connected(&self) {
-        let mut rx = self.up.subscribe();
-        let _ = rx.wait_for(|up| *up).await;
+        let mut rx = self.state.subscribe();
+        let _ = rx.wait_for(|s| *s == LinkState::Up).await;
+    }
+
+    /// Watches the connection state. `closed` of the returned watch fires
+    /// (an error from `changed`) once the link is dropped.
+    pub fn watch(&self) -> LinkWatch {
+        LinkWatch {
+            state: self.state.subscribe(),
+            closed: self.closed.subscribe(),
+        }
     }
 
     /// Queues a replica frame. The receiver yields the mirror's status, or
@@ -202,6 +232,12 @@ impl MirrorLink {
     }
 }
 
+/// Receivers for a link's state; they hold no reference to the link.
+pub struct LinkWatch {
+    pub state: watch::Receiver<LinkState>,
+    pub closed: watch::Receiver<bool>,
+}
+
 impl Drop for MirrorLink {
     fn drop(&mut self) {
         let _ = self.closed.send(true);
@@ -216,7 +252,7 @@ async fn run(
     peer: PeerMeta,
     s: LinkSettings,
     slot: Arc<Mutex<Option<Conn>>>,
-    up: Arc<watch::Sender<bool>>,
+    state: Arc<watch::Sender<LinkState>>,
     mut closed: watch::Receiver<bool>,
 ) {
     let mut failures = 0u64;
@@ -242,6 +278,19 @@ async fn run(
             }
             Ok::<_, std::io::Error>(stream)
         };
+        let session = async {
+            tokio::time::timeout(s.connect_timeout, session)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no handshake within {:?} (is the mirror process stopped?)",
+                            s.connect_timeout
+                        ),
+                    ))
+                })
+        };
         let stream = tokio::select! {
             r = session => r,
             _ = closed.changed() => return,
@@ -250,6 +299,7 @@ async fn run(
             Ok(st) => st,
             Err(e) => {
                 failures += 1;
+                state.send_replace(LinkState::Down);
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(mirror = %peer.server_id, addr = %peer.address, attempts = failures, "cannot reach mirror: {e}");
                 }
@@ -269,21 +319,22 @@ async fn run(
             tx,
             pending: pending.clone(),
         });
-        up.send_replace(true);
+        state.send_replace(LinkState::Up);
         let err = tokio::select! {
             e = serve(stream, rx, pending.clone()) => e,
             _ = closed.changed() => std::io::Error::other("link closed"),
         };
         *lock(&slot) = None;
-        up.send_replace(false);
+        state.send_replace(LinkState::Down);
         let left: Vec<Waiter> = lock(&pending).drain().map(|(_, w)| w).collect();
+        let failed = left.len();
         for w in left {
             w.to.deliver(Status::MirrorUnavailable);
         }
-        tracing::warn!(mirror = %peer.server_id, "mirror link down: {err}");
         if *closed.borrow() {
             return;
         }
+        tracing::warn!(mirror = %peer.server_id, addr = %peer.address, failed, "mirror link down: {err}");
     }
 }
 
@@ -323,23 +374,28 @@ async fn serve(
         Ok::<(), std::io::Error>(())
     };
     let sweep_pending = pending.clone();
+    // An acknowledgement past its deadline means the mirror is hung or the
+    // network is: tear the connection down (the caller answers every
+    // waiter) rather than let each later request wait out its own deadline.
     let sweeper = async move {
         let mut tick = tokio::time::interval(SWEEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let now = Instant::now();
-            let expired: Vec<Waiter> = {
-                let mut p = lock(&sweep_pending);
-                let ids: Vec<u64> = p
-                    .iter()
-                    .filter(|(_, w)| w.deadline.is_some_and(|d| d <= now))
-                    .map(|(id, _)| *id)
-                    .collect();
-                ids.iter().filter_map(|id| p.remove(id)).collect()
-            };
-            for w in expired {
-                w.to.deliver(Status::MirrorUnavailable);
+            let overdue = lock(&sweep_pending)
+                .values()
+                .filter_map(|w| w.deadline)
+                .filter(|d| *d <= now)
+                .min();
+            if let Some(d) = overdue {
+                return std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "an acknowledgement is {:?} overdue (mirror hung or network down)",
+                        now - d
+                    ),
+                );
             }
         }
     };
@@ -361,7 +417,7 @@ async fn serve(
     tokio::select! {
         r = writer => r.err().unwrap_or_else(|| std::io::Error::other("link closed")),
         r = reader => match r { Err(e) => e, Ok(()) => std::io::Error::other("reader ended") },
-        () = sweeper => std::io::Error::other("sweeper ended"),
+        e = sweeper => e,
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use crate::copy::{Copy, CopyError, Links};
 use crate::meta::{CopyMeta, PeerMeta, Role};
 use crate::mirror::{LinkSettings, MirrorLink};
+use crate::report::Reporter;
 
 /// Largest volume a server accepts: 64 TiB.
 pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
@@ -86,18 +87,25 @@ impl Layout {
 pub struct Store {
     root: PathBuf,
     settings: LinkSettings,
+    /// Reports unreachable in-sync mirrors (with `--control`).
+    reporter: Option<Arc<Reporter>>,
     copies: RwLock<HashMap<u64, Arc<Copy>>>,
 }
 
 impl Store {
     /// Opens every copy under `<data_dir>/copies`. Must run inside a tokio
     /// runtime (primaries start their mirror links).
-    pub fn open(data_dir: &Path, settings: LinkSettings) -> Result<Store, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        settings: LinkSettings,
+        reporter: Option<Arc<Reporter>>,
+    ) -> Result<Store, StoreError> {
         let root = data_dir.join("copies");
         std::fs::create_dir_all(&root)?;
         let store = Store {
             root,
             settings,
+            reporter,
             copies: RwLock::default(),
         };
         for entry in std::fs::read_dir(&store.root)? {
@@ -156,7 +164,7 @@ impl Store {
     /// The mirror links for `m`, reusing the copy's links to unchanged
     /// peers (same server id and address) so a layout change (say, a syncing
     /// mirror joining the in-sync set) does not drop a connection.
-    fn links_for(&self, copy: &Copy, m: &CopyMeta) -> Links {
+    fn links_for(&self, copy: &Arc<Copy>, m: &CopyMeta) -> Links {
         if m.role != Role::Primary {
             return Links::default();
         }
@@ -171,7 +179,13 @@ impl Store {
                 .iter()
                 .find(|l| l.peer.server_id == p.server_id && l.peer.address == p.address)
                 .cloned()
-                .unwrap_or_else(|| MirrorLink::start(p.clone(), self.settings.clone()))
+                .unwrap_or_else(|| {
+                    let l = MirrorLink::start(p.clone(), self.settings.clone());
+                    if let Some(r) = &self.reporter {
+                        r.watch(copy, &l);
+                    }
+                    l
+                })
         };
         Links {
             mirrors: m.mirrors.iter().map(link).collect(),

@@ -23,19 +23,46 @@ pub struct LocalServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Settings of a [`LocalServer`] that tests may change.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Control service URL (registration, heartbeats, failure reports).
+    pub control: Option<String>,
+    /// `--mirror-timeout-ms`.
+    pub mirror_timeout: Duration,
+    /// Data-plane listen address (default: a port chosen by the kernel); set
+    /// it to restart a server on the address it had.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            control: None,
+            mirror_timeout: Duration::from_secs(2),
+            listen: None,
+        }
+    }
+}
+
 impl LocalServer {
     /// Starts a server with data under `dir`; it stops when dropped.
     pub fn start(dir: &Path, server_id: &str) -> anyhow::Result<LocalServer> {
+        Self::start_with(dir, server_id, Options::default())
+    }
+
+    /// Starts a server with data under `dir` and the given options.
+    pub fn start_with(dir: &Path, server_id: &str, o: Options) -> anyhow::Result<LocalServer> {
         let config = ServerConfig {
             server_id: server_id.to_owned(),
             data_dir: dir.to_path_buf(),
-            listen: "127.0.0.1:0".parse()?,
+            listen: o.listen.unwrap_or(([127, 0, 0, 1], 0).into()),
             admin_listen: "127.0.0.1:0".parse()?,
             cluster_key: Vec::new(),
-            mirror_timeout: Duration::from_secs(2),
+            mirror_timeout: o.mirror_timeout,
             mirror_reconnect: Duration::from_millis(50),
             ready_file: None,
-            control: None,
+            control: o.control,
             zone: String::new(),
             advertise: None,
             advertise_admin: None,
@@ -168,6 +195,18 @@ impl LocalServer {
             },
         )?;
         Ok(())
+    }
+
+    /// Sets any layout (role, epoch, peers) on a copy, as `SetLayout` does.
+    pub fn set_layout(&self, volume_id: u64, layout: Layout) -> anyhow::Result<()> {
+        let _rt = self.handle.enter();
+        self.store.set_layout(volume_id, layout)?;
+        Ok(())
+    }
+
+    /// The copy's persisted layout epoch.
+    pub fn epoch(&self, volume_id: u64) -> Option<u64> {
+        self.store.get(volume_id).map(|c| c.epoch())
     }
 
     /// Syncing mirrors of a primary whose full copy completed.

@@ -1,73 +1,17 @@
 //! The storage server over real TCP: replication to a mirror, fencing by
 //! epoch, role checks, mirror loss, and hostile frames.
 
+mod common;
+
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use basalt_proto::wire::{
     read_frame, write_frame, Flags, Header, Hello, HelloChallenge, Opcode, PeerRole, Status,
 };
 use basalt_storage::testing::LocalServer;
-
-const VOL: u64 = 11;
-const SIZE: u64 = 8 << 20;
-
-struct Client {
-    s: TcpStream,
-    next: u64,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, role: PeerRole, id: &str) -> Client {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut buf = Vec::new();
-        let h = read_frame(&mut s, &mut buf).unwrap();
-        assert_eq!(h.opcode, Opcode::Hello);
-        let ch = HelloChallenge::decode(&buf).unwrap();
-        let body = Hello::new(b"", &ch, role, id).encode();
-        write_frame(
-            &mut s,
-            &Header::request(Opcode::Hello, 0, 0, 0).with_payload(&body),
-            &[&body],
-        )
-        .unwrap();
-        let r = read_frame(&mut s, &mut buf).unwrap();
-        assert_eq!(r.status, Status::Ok);
-        Client { s, next: 1, buf }
-    }
-
-    fn call(&mut self, mut h: Header, payload: &[u8]) -> (Header, Vec<u8>) {
-        h.request_id = self.next;
-        self.next += 1;
-        let h = h.with_payload(payload);
-        write_frame(&mut self.s, &h, &[payload]).unwrap();
-        let r = read_frame(&mut self.s, &mut self.buf).unwrap();
-        assert_eq!(r.request_id, h.request_id);
-        (r, self.buf.clone())
-    }
-
-    fn op(&mut self, op: Opcode, epoch: u64, offset: u64, len: u32, payload: &[u8]) -> Status {
-        let h = Header {
-            offset,
-            length: len,
-            ..Header::request(op, 0, VOL, epoch)
-        };
-        self.call(h, payload).0.status
-    }
-
-    fn read(&mut self, epoch: u64, offset: u64, len: u32) -> (Status, Vec<u8>) {
-        let h = Header {
-            offset,
-            length: len,
-            ..Header::request(Opcode::Read, 0, VOL, epoch)
-        };
-        let (r, p) = self.call(h, &[]);
-        (r.status, p)
-    }
-}
+use common::{Client, SIZE, VOL};
 
 fn pair() -> (tempfile::TempDir, LocalServer, LocalServer) {
     let dir = tempfile::tempdir().unwrap();
