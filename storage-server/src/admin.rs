@@ -38,6 +38,7 @@ fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
             .map(|p| PeerMeta {
                 server_id: p.server_id,
                 address: p.address,
+                delta: p.delta,
             })
             .collect(),
         primary_server_id: l.primary_server_id,
@@ -47,6 +48,7 @@ fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
             .map(|p| PeerMeta {
                 server_id: p.server_id,
                 address: p.address,
+                delta: p.delta,
             })
             .collect(),
     })
@@ -70,7 +72,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
                 .map(|p| pb::Peer {
                     server_id: p.server_id,
                     address: p.address,
-                    delta: false,
+                    delta: p.delta,
                 })
                 .collect(),
             primary_server_id: m.primary_server_id,
@@ -80,7 +82,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
                 .map(|p| pb::Peer {
                     server_id: p.server_id,
                     address: p.address,
-                    delta: false,
+                    delta: p.delta,
                 })
                 .collect(),
         }),
@@ -96,7 +98,10 @@ fn info(c: &Copy) -> pb::CopyInfo {
             v
         },
         resync_bytes: c.resync_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        ..Default::default()
+        delta_resync_bytes: c
+            .delta_resync_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        tracking: c.dirty.tracking(),
     }
 }
 

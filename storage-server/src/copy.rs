@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::dirty::Tracker;
 use crate::meta::{CopyMeta, Role};
 use crate::mirror::MirrorLink;
 
@@ -65,6 +66,10 @@ pub struct Copy {
     pub synced: Mutex<std::collections::HashSet<String>>,
     /// Bytes sent by full copies.
     pub resync_bytes: AtomicU64,
+    /// Bytes sent by delta resyncs (dirty regions only).
+    pub delta_resync_bytes: AtomicU64,
+    /// Dirty-region maps of absent peers (primary only).
+    pub dirty: Arc<Tracker>,
     /// Bumped after every layout change, for tasks that follow the layout.
     layout_changed: tokio::sync::watch::Sender<u64>,
 }
@@ -101,6 +106,7 @@ impl Copy {
     }
 
     fn from_parts(dir: &Path, file: File, meta: CopyMeta) -> Copy {
+        let dirty = Arc::new(Tracker::new(&meta));
         Copy {
             volume_id: meta.volume_id,
             dir: dir.to_path_buf(),
@@ -115,6 +121,8 @@ impl Copy {
             resyncs: Mutex::default(),
             synced: Mutex::default(),
             resync_bytes: AtomicU64::new(0),
+            delta_resync_bytes: AtomicU64::new(0),
+            dirty,
             layout_changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -218,6 +226,7 @@ impl Copy {
         }
         next.store(&self.dir)?;
         let before = std::mem::replace(&mut *m, next.clone());
+        self.dirty.on_layout(&before, &next);
         self.epoch.store(next.epoch, Ordering::Release);
         self.primary
             .store(next.role == Role::Primary, Ordering::Release);

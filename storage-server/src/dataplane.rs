@@ -256,6 +256,8 @@ fn primary_mutation(
         if !role_ok(&copy, peer, false) {
             return Ok(None);
         }
+        // Absent peers' dirty-region maps, in the same order as the data.
+        copy.dirty.on_mutation(h.offset, u64::from(h.length));
         mutate(&copy, &h, data)?;
         let mirrors = copy.mirrors();
         let join = (!fua && !mirrors.is_empty()).then(|| {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control_client;
 pub mod copy;
 pub mod dataplane;
+pub mod dirty;
 mod error_map;
 pub mod frames;
 pub mod meta;

@@ -18,6 +18,18 @@ pub enum Role {
 pub struct PeerMeta {
     pub server_id: String,
     pub address: String,
+    /// For a syncing peer: it still holds its old copy, so only the regions
+    /// written since it left need to be sent (when a dirty-region map for it
+    /// exists; otherwise a full copy is made).
+    #[serde(default)]
+    pub delta: bool,
+}
+
+impl PeerMeta {
+    /// Same server at the same address (whatever the `delta` flag says).
+    pub fn same_peer(&self, other: &PeerMeta) -> bool {
+        self.server_id == other.server_id && self.address == other.address
+    }
 }
 
 /// Everything about a copy except its data.
@@ -79,12 +91,19 @@ mod tests {
             mirrors: vec![PeerMeta {
                 server_id: "s2".into(),
                 address: "127.0.0.1:1".into(),
+                delta: true,
             }],
             primary_server_id: String::new(),
             syncing: vec![],
         };
         m.store(d.path()).unwrap();
         assert_eq!(CopyMeta::load(d.path()).unwrap(), m);
+        // Metadata written before `delta` existed still loads.
+        let old = r#"{"volume_id":1,"size_bytes":4096,"role":"primary","epoch":2,
+            "syncing":[{"server_id":"a","address":"127.0.0.1:2"}]}"#;
+        std::fs::write(d.path().join(META_FILE), old).unwrap();
+        assert!(!CopyMeta::load(d.path()).unwrap().syncing[0].delta);
+        m.store(d.path()).unwrap();
         let mut m2 = m.clone();
         m2.epoch = 5;
         m2.store(d.path()).unwrap();

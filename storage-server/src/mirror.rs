@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use basalt_proto::wire::{Header, PeerRole, Status, HEADER_LEN};
+use basalt_proto::wire::{Header, Opcode, PeerRole, Status, HEADER_LEN};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dirty::Tracker;
 use crate::frames::{connect_hello, pool, read_frame};
 use crate::meta::PeerMeta;
 
@@ -98,6 +99,27 @@ struct Waiter {
     /// down and every waiter answered `MirrorUnavailable`.
     deadline: Option<Instant>,
     to: AckTo,
+    /// The range a mutation frame changes: recorded as missed by the peer
+    /// unless it is acknowledged `Ok`.
+    range: Option<(u64, u64)>,
+}
+
+/// Where a link records the mutations its peer did not acknowledge.
+#[derive(Clone)]
+struct Misses {
+    tracker: Arc<Tracker>,
+    peer: String,
+}
+
+/// Answers a waiter, first recording a mutation the peer did not
+/// acknowledge `Ok` in its dirty-region map.
+fn settle(w: Waiter, status: Status, misses: Option<&Misses>) {
+    if status != Status::Ok {
+        if let (Some(m), Some((offset, len))) = (misses, w.range) {
+            m.tracker.missed(&m.peer, offset, len);
+        }
+    }
+    w.to.deliver(status);
 }
 
 /// State of a link's connection, for those who watch it (failure reports).
@@ -138,6 +160,7 @@ pub struct MirrorLink {
     next_id: AtomicU64,
     closed: watch::Sender<bool>,
     state: Arc<watch::Sender<LinkState>>,
+    misses: Option<Misses>,
 }
 
 /// Settings a link needs from its server.
@@ -151,8 +174,18 @@ pub struct LinkSettings {
 }
 
 impl MirrorLink {
-    /// Creates the link and starts its connection task on the current runtime.
-    pub fn start(peer: PeerMeta, settings: LinkSettings) -> Arc<MirrorLink> {
+    /// Creates the link and starts its connection task on the current
+    /// runtime. Mutations the peer does not acknowledge `Ok` are recorded
+    /// in `tracker` (the copy's dirty-region maps), if given.
+    pub fn start(
+        peer: PeerMeta,
+        settings: LinkSettings,
+        tracker: Option<Arc<Tracker>>,
+    ) -> Arc<MirrorLink> {
+        let misses = tracker.map(|tracker| Misses {
+            tracker,
+            peer: peer.server_id.clone(),
+        });
         let (closed, closed_rx) = watch::channel(false);
         let link = Arc::new(MirrorLink {
             peer: peer.clone(),
@@ -160,6 +193,7 @@ impl MirrorLink {
             next_id: AtomicU64::new(1),
             closed,
             state: Arc::new(watch::channel(LinkState::Connecting).0),
+            misses: misses.clone(),
         });
         tokio::spawn(run(
             peer,
@@ -167,6 +201,7 @@ impl MirrorLink {
             link.conn.clone(),
             link.state.clone(),
             closed_rx,
+            misses,
         ));
         link
     }
@@ -204,13 +239,23 @@ impl MirrorLink {
         to: AckTo,
         deadline: Option<Instant>,
     ) {
+        let range = matches!(
+            header.opcode,
+            Opcode::Write | Opcode::Discard | Opcode::WriteZeroes
+        )
+        .then_some((header.offset, u64::from(header.length)));
+        let w = Waiter {
+            deadline,
+            to,
+            range,
+        };
         let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = guard.as_ref() else {
             drop(guard);
-            return to.deliver(Status::MirrorUnavailable);
+            return settle(w, Status::MirrorUnavailable, self.misses.as_ref());
         };
         header.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&conn.pending).insert(header.request_id, Waiter { deadline, to });
+        lock(&conn.pending).insert(header.request_id, w);
         let frame = match payload {
             Payload::Slice(p) => LinkFrame::Bytes(pool::frame(&header, p)),
             Payload::Shared(p) => LinkFrame::Shared(header.encode(), p.clone()),
@@ -219,7 +264,7 @@ impl MirrorLink {
             let w = lock(&conn.pending).remove(&header.request_id);
             drop(guard);
             if let Some(w) = w {
-                w.to.deliver(Status::MirrorUnavailable);
+                settle(w, Status::MirrorUnavailable, self.misses.as_ref());
             }
         }
     }
@@ -254,6 +299,7 @@ async fn run(
     slot: Arc<Mutex<Option<Conn>>>,
     state: Arc<watch::Sender<LinkState>>,
     mut closed: watch::Receiver<bool>,
+    misses: Option<Misses>,
 ) {
     let mut failures = 0u64;
     loop {
@@ -321,7 +367,7 @@ async fn run(
         });
         state.send_replace(LinkState::Up);
         let err = tokio::select! {
-            e = serve(stream, rx, pending.clone()) => e,
+            e = serve(stream, rx, pending.clone(), misses.clone()) => e,
             _ = closed.changed() => std::io::Error::other("link closed"),
         };
         *lock(&slot) = None;
@@ -329,7 +375,7 @@ async fn run(
         let left: Vec<Waiter> = lock(&pending).drain().map(|(_, w)| w).collect();
         let failed = left.len();
         for w in left {
-            w.to.deliver(Status::MirrorUnavailable);
+            settle(w, Status::MirrorUnavailable, misses.as_ref());
         }
         if *closed.borrow() {
             return;
@@ -342,6 +388,7 @@ async fn serve(
     stream: TcpStream,
     mut rx: mpsc::UnboundedReceiver<LinkFrame>,
     pending: Pending,
+    misses: Option<Misses>,
 ) -> std::io::Error {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
@@ -410,7 +457,7 @@ async fn serve(
             }
             let w = lock(&pending).remove(&h.request_id);
             if let Some(w) = w {
-                w.to.deliver(h.status);
+                settle(w, h.status, misses.as_ref());
             }
         }
     };

@@ -1,17 +1,25 @@
-//! Full copy of a primary to a syncing mirror while writes continue.
+//! Filling a syncing mirror while writes continue: a full copy, or — for a
+//! peer that comes back with its old copy (`Peer.delta`) and for which this
+//! primary kept a dirty-region map (see `dirty`) — only the regions written
+//! since it left.
 //!
-//! Each chunk is read from the primary and queued on the mirror's ordered
+//! Each piece is read from the primary and queued on the mirror's ordered
 //! replica stream **under the volume's ordering lock** — the same lock under
 //! which every guest mutation is applied and queued. So on the mirror, a
-//! chunk lands either before a concurrent write to the same range (which then
+//! piece lands either before a concurrent write to the same range (which then
 //! overwrites it) or after that write was already applied to the primary (so
-//! the chunk carries the new data): a copied chunk can never undo a newer
-//! write. Holes are skipped (`SEEK_DATA`); the new copy starts all zeroes.
-//! When every chunk is acknowledged and flushed, the mirror is reported
-//! `synced`, and the control service may move it into the in-sync set.
+//! the piece carries the new data): a copied piece can never undo a newer
+//! write. The target may hold old data (a returning copy), so a range that
+//! is a hole on the primary is sent as a Discard, not skipped.
+//!
+//! When every piece is acknowledged and flushed and the mirror missed no
+//! forwarded mutation meanwhile, the mirror is reported `synced`, and the
+//! control service may move it into the in-sync set. The task then stays:
+//! should the mirror miss a forwarded mutation later (its link fails), it
+//! is no longer reported `synced` until the missed regions were sent again.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +29,16 @@ use tokio::sync::oneshot;
 use crate::copy::Copy;
 use crate::mirror::MirrorLink;
 
+/// Largest data piece (one replica write frame).
 const CHUNK: u64 = 1 << 20;
+/// Largest hole sent as one Discard frame.
+const MAX_DISCARD: u64 = 1 << 30;
+/// Pieces in flight per mirror.
 const WINDOW: usize = 8;
 
-/// Starts full copies for new syncing mirrors and stops those that left.
+/// Starts resyncs for new syncing mirrors and stops those that left.
 pub fn reconcile(copy: &Arc<Copy>, syncing: &[Arc<MirrorLink>]) {
+    let meta = copy.meta();
     let mut tasks = copy.resyncs.lock().unwrap_or_else(|e| e.into_inner());
     let wanted: Vec<&str> = syncing.iter().map(|l| l.peer.server_id.as_str()).collect();
     tasks.retain(|id, t| {
@@ -44,36 +57,64 @@ pub fn reconcile(copy: &Arc<Copy>, syncing: &[Arc<MirrorLink>]) {
         if tasks.get(&id).is_some_and(|t| !t.is_finished()) {
             continue;
         }
-        if copy
-            .synced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id)
-        {
-            continue;
-        }
-        tasks.insert(id, tokio::spawn(run(copy.clone(), link.clone())));
+        let delta = meta.syncing.iter().any(|p| p.server_id == id && p.delta);
+        tasks.insert(id, tokio::spawn(run(copy.clone(), link.clone(), delta)));
     }
 }
 
-async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>) {
+async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>, delta: bool) {
     let id = link.peer.server_id.clone();
+    let mut misses = copy.dirty.misses();
+    let mut full = !(delta && copy.dirty.has(&id));
+    if delta && full {
+        tracing::info!(volume = copy.volume_id, mirror = %id, "no dirty-region map for the returning mirror (this primary restarted or never saw it leave): full copy");
+    }
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         link.wait_connected().await;
-        tracing::info!(volume = copy.volume_id, mirror = %id, attempt, "full copy to syncing mirror started");
-        match copy_all(&copy, &link).await {
+        // Everything the mirror missed so far; later misses go to a fresh
+        // map. Kept by the tracker until this pass succeeds.
+        let snapshot = copy.dirty.take(&id);
+        let (kind, ranges, counter) = if full {
+            ("full copy", vec![(0, copy.size())], &copy.resync_bytes)
+        } else {
+            let ranges = snapshot.map(|m| m.ranges(copy.size())).unwrap_or_default();
+            ("delta resync", ranges, &copy.delta_resync_bytes)
+        };
+        let dirty: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+        tracing::info!(volume = copy.volume_id, mirror = %id, attempt, dirty_bytes = dirty, "{kind} to syncing mirror started");
+        match send_ranges(&copy, &link, &ranges, counter).await {
             Ok(bytes) => {
+                copy.dirty.finish(&id);
+                full = false;
+                if copy.dirty.pending(&id) {
+                    tracing::info!(volume = copy.volume_id, mirror = %id, "mirror missed mutations during the {kind}: sending those regions");
+                    continue;
+                }
                 copy.synced
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id.clone());
-                tracing::info!(volume = copy.volume_id, mirror = %id, bytes, "full copy done: mirror is in sync");
-                return;
+                tracing::info!(volume = copy.volume_id, mirror = %id, bytes, "{kind} done: mirror is in sync");
+                // Stay in sync: a forwarded mutation the mirror misses from
+                // now on takes it out of `synced` until it is resent.
+                loop {
+                    if misses.changed().await.is_err() {
+                        return;
+                    }
+                    if copy.dirty.pending(&id) {
+                        copy.synced
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&id);
+                        tracing::warn!(volume = copy.volume_id, mirror = %id, "syncing mirror missed a mutation after its resync: no longer synced until the missed regions are resent");
+                        break;
+                    }
+                }
             }
             Err(s) => {
-                tracing::warn!(volume = copy.volume_id, mirror = %id, ?s, "full copy interrupted; starting over");
+                tracing::warn!(volume = copy.volume_id, mirror = %id, ?s, "{kind} interrupted; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -88,27 +129,29 @@ async fn ack(rx: oneshot::Receiver<Status>) -> Result<(), Status> {
     }
 }
 
-async fn copy_all(copy: &Arc<Copy>, link: &MirrorLink) -> Result<u64, Status> {
+/// Sends `ranges` of the primary to the mirror (data as writes, holes as
+/// discards), then a flush. Returns the data bytes sent (also added to
+/// `counter` as they go).
+async fn send_ranges(
+    copy: &Arc<Copy>,
+    link: &MirrorLink,
+    ranges: &[(u64, u64)],
+    counter: &AtomicU64,
+) -> Result<u64, Status> {
     let mut pending: VecDeque<oneshot::Receiver<Status>> = VecDeque::new();
     let mut sent = 0u64;
-    let mut offset = 0u64;
     let mut buf = vec![0u8; CHUNK as usize];
-    while let Some((start, end)) = copy.next_data(offset).map_err(|_| Status::IoError)? {
+    for &(start, end) in ranges {
         let mut pos = start;
         while pos < end {
-            let len = (end - pos).min(CHUNK) as usize;
-            let rx = {
+            let (rx, len, data) = {
                 let _order = copy.order.lock().unwrap_or_else(|e| e.into_inner());
-                copy.read_at(pos, &mut buf[..len])
-                    .map_err(|_| Status::IoError)?;
-                let h = Header {
-                    offset: pos,
-                    length: len as u32,
-                    flags: Flags(Flags::REPLICA),
-                    ..Header::request(Opcode::Write, 0, copy.volume_id, copy.epoch())
+                // Re-read under the lock: the volume may have grown.
+                let end = end.min(copy.size());
+                if pos >= end {
+                    break;
                 }
-                .with_payload(&buf[..len]);
-                link.send(h, &buf[..len])
+                piece(copy, link, pos, end, &mut buf)?
             };
             pending.push_back(rx);
             if pending.len() >= WINDOW {
@@ -116,13 +159,11 @@ async fn copy_all(copy: &Arc<Copy>, link: &MirrorLink) -> Result<u64, Status> {
                     ack(rx).await?;
                 }
             }
-            pos += len as u64;
-            sent += len as u64;
-            copy.resync_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        }
-        offset = end;
-        if offset >= copy.size() {
-            break;
+            pos += len;
+            if data {
+                sent += len;
+                counter.fetch_add(len, Ordering::Relaxed);
+            }
         }
     }
     while let Some(rx) = pending.pop_front() {
@@ -132,4 +173,45 @@ async fn copy_all(copy: &Arc<Copy>, link: &MirrorLink) -> Result<u64, Status> {
     flush.flags = Flags(Flags::REPLICA);
     ack(link.send(flush, &[])).await?;
     Ok(sent)
+}
+
+/// Queues the piece of `pos..end` that starts at `pos`: data up to one
+/// chunk, or a hole up to the next data. Called under the ordering lock.
+/// Returns the acknowledgement, the piece's length and whether it was data.
+fn piece(
+    copy: &Copy,
+    link: &MirrorLink,
+    pos: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> Result<(oneshot::Receiver<Status>, u64, bool), Status> {
+    let next = copy.next_data(pos).map_err(|_| Status::IoError)?;
+    let request = |op| Header {
+        flags: Flags(Flags::REPLICA),
+        ..Header::request(op, 0, copy.volume_id, copy.epoch())
+    };
+    match next {
+        Some((data_start, data_end)) if data_start <= pos => {
+            let len = data_end.min(end).min(pos + CHUNK) - pos;
+            let buf = &mut buf[..len as usize];
+            copy.read_at(pos, buf).map_err(|_| Status::IoError)?;
+            let h = Header {
+                offset: pos,
+                length: len as u32,
+                ..request(Opcode::Write)
+            }
+            .with_payload(buf);
+            Ok((link.send(h, buf), len, true))
+        }
+        next => {
+            let hole_end = next.map_or(end, |(s, _)| s.min(end));
+            let len = (hole_end - pos).min(MAX_DISCARD);
+            let h = Header {
+                offset: pos,
+                length: len as u32,
+                ..request(Opcode::Discard)
+            };
+            Ok((link.send(h, &[]), len, false))
+        }
+    }
 }

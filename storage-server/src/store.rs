@@ -177,10 +177,14 @@ impl Store {
         let link = |p: &PeerMeta| {
             existing
                 .iter()
-                .find(|l| l.peer.server_id == p.server_id && l.peer.address == p.address)
+                .find(|l| l.peer.same_peer(p))
                 .cloned()
                 .unwrap_or_else(|| {
-                    let l = MirrorLink::start(p.clone(), self.settings.clone());
+                    let l = MirrorLink::start(
+                        p.clone(),
+                        self.settings.clone(),
+                        Some(copy.dirty.clone()),
+                    );
                     if let Some(r) = &self.reporter {
                         r.watch(copy, &l);
                     }

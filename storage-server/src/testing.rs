@@ -131,6 +131,7 @@ impl LocalServer {
             .map(|(id, a)| PeerMeta {
                 server_id: (*id).to_owned(),
                 address: a.to_string(),
+                delta: false,
             })
             .collect();
         self.create(
@@ -179,6 +180,7 @@ impl LocalServer {
                 .map(|(id, a)| PeerMeta {
                     server_id: (*id).to_owned(),
                     address: a.to_string(),
+                    delta: false,
                 })
                 .collect()
         };
@@ -202,6 +204,11 @@ impl LocalServer {
         let _rt = self.handle.enter();
         self.store.set_layout(volume_id, layout)?;
         Ok(())
+    }
+
+    /// The copy itself (counters, dirty-region maps), for assertions.
+    pub fn copy(&self, volume_id: u64) -> Option<Arc<crate::copy::Copy>> {
+        self.store.get(volume_id)
     }
 
     /// The copy's persisted layout epoch.
