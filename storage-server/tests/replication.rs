@@ -35,6 +35,14 @@ fn writes_reach_the_mirror_before_they_are_acknowledged() {
     assert_eq!(c.op(Opcode::Write, 1, 4096, 65536, &data), Status::Ok);
     assert_eq!(c.op(Opcode::Discard, 1, 1 << 20, 8192, &[]), Status::Ok);
     assert_eq!(c.op(Opcode::WriteZeroes, 1, 4096, 512, &[]), Status::Ok);
+    // A FUA write: synced on both copies before it is acknowledged.
+    let fua = Header {
+        offset: 2 << 20,
+        length: 4096,
+        flags: Flags(Flags::FUA),
+        ..Header::request(Opcode::Write, 0, VOL, 1)
+    };
+    assert_eq!(c.call(fua, &[6; 4096]).0.status, Status::Ok);
     assert_eq!(c.op(Opcode::Flush, 1, 0, 0, &[]), Status::Ok);
     let (s, got) = c.read(1, 4096, 65536);
     assert_eq!(s, Status::Ok);
