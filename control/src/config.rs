@@ -31,7 +31,7 @@ pub struct Args {
     /// How long the control service tries to reach a server reported
     /// unreachable by the data path before it fences it (part of the
     /// guest-visible stall of a failover).
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 200)]
     pub probe_timeout_ms: u64,
     /// How long a volume runs with fewer copies than wanted, waiting for a
     /// dropped copy's server to come back (it then rejoins with a delta

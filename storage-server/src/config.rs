@@ -34,7 +34,7 @@ pub struct Args {
     /// in-sync set. Also bounds each reconnection attempt (TCP connect plus
     /// handshake). The default keeps the guest-visible stall for a failed
     /// mirror under one second; raise it only for slow networks or disks.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 300)]
     pub mirror_timeout_ms: u64,
     /// Pause between attempts to reconnect to an unreachable mirror.
     #[arg(long, default_value_t = 100)]

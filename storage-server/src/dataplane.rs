@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::copy::{Copy, CopyError};
 use crate::error_map::wire_status;
 use crate::frames::{accept_hello, pool, read_frame};
-use crate::mirror::{AckJoin, AckTo, Payload};
+use crate::mirror::{AckJoin, AckTo, MirrorLink, Payload};
 use crate::store::Store;
 
 pub struct DataCtx {
@@ -265,7 +265,7 @@ fn primary_mutation(
         // Absent peers' dirty-region maps, in the same order as the data.
         copy.dirty.on_mutation(h.offset, u64::from(h.length));
         mutate(&copy, &h, data)?;
-        let mirrors = copy.mirrors();
+        let (mirrors, syncing) = ack_sets(&copy);
         let join = (!fua && !mirrors.is_empty()).then(|| {
             let out = out.clone();
             let volume = copy.volume_id;
@@ -284,8 +284,9 @@ fn primary_mutation(
         let mut fwd = h;
         fwd.flags = Flags(Flags::REPLICA | (h.flags.0 & Flags::FUA));
         fwd.epoch = copy.epoch();
-        // Syncing mirrors get every mutation in order; their acks don't count.
-        for m in copy.syncing().iter() {
+        // Syncing mirrors get every mutation in order; their acks don't count
+        // until they are synced (then they are in `mirrors` here).
+        for m in syncing.iter() {
             drop(m.send(fwd, data));
         }
         let mut acks = Vec::new();
@@ -360,6 +361,30 @@ async fn await_mirrors(
     worst
 }
 
+/// The links whose acknowledgement a mutation or flush waits for, and the
+/// other syncing links. A syncing mirror whose resync finished (`synced`)
+/// counts like an in-sync one: the control service may make it in-sync at
+/// any moment from then on, so every write acknowledged after it was seen
+/// synced must be on it (invariant 1). If it misses one, that write is not
+/// acknowledged and the mirror leaves `synced` (see `resync.rs`).
+fn ack_sets(copy: &Copy) -> (Arc<Vec<Arc<MirrorLink>>>, Vec<Arc<MirrorLink>>) {
+    let mirrors = copy.mirrors();
+    let syncing = copy.syncing();
+    if syncing.is_empty() {
+        return (mirrors, Vec::new());
+    }
+    let synced = copy.synced.lock().unwrap_or_else(|e| e.into_inner());
+    let (counted, rest): (Vec<_>, Vec<_>) = syncing
+        .iter()
+        .cloned()
+        .partition(|l| synced.contains(&l.peer.server_id));
+    if counted.is_empty() {
+        return (mirrors, rest);
+    }
+    let all = mirrors.iter().cloned().chain(counted).collect();
+    (Arc::new(all), rest)
+}
+
 /// fdatasync locally and on every mirror; Ok when all are durable.
 fn flush(ctx: &DataCtx, copy: Arc<Copy>, h: Header, out: Out) {
     let acks: Vec<_> = if h.flags.has(Flags::REPLICA) {
@@ -368,10 +393,11 @@ fn flush(ctx: &DataCtx, copy: Arc<Copy>, h: Header, out: Out) {
         let mut fwd = h;
         fwd.flags = Flags(Flags::REPLICA);
         fwd.epoch = copy.epoch();
-        for m in copy.syncing().iter() {
+        let (mirrors, syncing) = ack_sets(&copy);
+        for m in syncing.iter() {
             drop(m.send(fwd, &[]));
         }
-        copy.mirrors().iter().map(|m| m.send(fwd, &[])).collect()
+        mirrors.iter().map(|m| m.send(fwd, &[])).collect()
     };
     let timeout = ctx.mirror_timeout;
     tokio::spawn(async move {

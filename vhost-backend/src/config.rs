@@ -59,7 +59,9 @@ pub struct Args {
     pub connect_timeout_ms: u64,
     /// A primary that answers none of the requests in flight for this long
     /// is reported to the control service as unreachable (a hung or cut-off
-    /// server). Part of the guest-visible stall of a failover.
+    /// server). Part of the guest-visible stall of a failover; keep it above
+    /// the storage servers' --mirror-timeout-ms, so that a hung mirror is
+    /// dealt with by its primary first.
     #[arg(long, default_value_t = 400)]
     pub request_timeout_ms: u64,
     /// Control service URL (http://HOST:PORT): asked for a new layout when
