@@ -9,7 +9,31 @@ use anyhow::{bail, Context, Result};
 use basalt_proto::control as pb;
 use basalt_proto::control::control_client::ControlClient;
 
+use crate::faultproxy::FaultProxy;
 use crate::procs::{bin, wait_for, Proc};
+
+/// Proxies in front of one storage server (see [`ManagedCluster::start_proxied`]):
+/// everyone reaches its data and admin ports through them, and it reaches
+/// the control service through the third, so cutting all three isolates it.
+pub struct ServerProxies {
+    pub data: FaultProxy,
+    pub admin: FaultProxy,
+    pub control: FaultProxy,
+}
+
+impl ServerProxies {
+    pub fn cut(&self) {
+        self.data.cut();
+        self.admin.cut();
+        self.control.cut();
+    }
+
+    pub fn heal(&self) {
+        self.data.heal();
+        self.admin.heal();
+        self.control.heal();
+    }
+}
 
 /// Finds `n` consecutive free loopback ports.
 pub fn free_ports(n: u16) -> Result<u16> {
@@ -30,6 +54,8 @@ pub struct ManagedCluster {
     pub servers: Vec<Proc>,
     pub node: Proc,
     pub rt: tokio::runtime::Runtime,
+    /// Per server, when started with [`ManagedCluster::start_proxied`].
+    pub proxies: Vec<ServerProxies>,
 }
 
 impl ManagedCluster {
@@ -38,7 +64,12 @@ impl ManagedCluster {
     }
 
     fn start_control(root: &Path, base: u16) -> Result<Proc> {
+        Self::start_control_env(root, base, &[])
+    }
+
+    fn start_control_env(root: &Path, base: u16, env: &[(&str, &str)]) -> Result<Proc> {
         let mut cmd = Command::new(bin("basalt-control")?);
+        cmd.envs(env.iter().copied());
         cmd.args(["--listen", &format!("127.0.0.1:{base}"), "--state-dir"])
             .arg(root.join("control"))
             .args([
@@ -62,25 +93,34 @@ impl ManagedCluster {
         self.root.join("storage").join(Self::server_id(i))
     }
 
-    fn start_server(root: &Path, base: u16, i: usize) -> Result<Proc> {
+    fn data_port(base: u16, i: usize) -> u16 {
+        base + 10 + 2 * i as u16
+    }
+
+    fn start_server(root: &Path, base: u16, i: usize, px: Option<&ServerProxies>) -> Result<Proc> {
         let id = Self::server_id(i);
         let mut cmd = Command::new(bin("basalt-storage")?);
-        cmd.args([
-            "--server-id",
-            &id,
-            "--control",
-            &format!("http://127.0.0.1:{base}"),
-        ])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", base + 10 + 2 * i as u16),
-        ])
-        .args([
-            "--admin-listen",
-            &format!("127.0.0.1:{}", base + 11 + 2 * i as u16),
-        ])
-        .args(["--mirror-reconnect-ms", "50", "--data-dir"])
-        .arg(root.join("storage").join(&id));
+        let control = match px {
+            Some(p) => format!("http://{}", p.control.addr()),
+            None => format!("http://127.0.0.1:{base}"),
+        };
+        if let Some(p) = px {
+            cmd.arg("--advertise")
+                .arg(p.data.addr().to_string())
+                .arg("--advertise-admin")
+                .arg(p.admin.addr().to_string());
+        }
+        cmd.args(["--server-id", &id, "--control", &control])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", Self::data_port(base, i)),
+            ])
+            .args([
+                "--admin-listen",
+                &format!("127.0.0.1:{}", base + 11 + 2 * i as u16),
+            ])
+            .args(["--mirror-reconnect-ms", "50", "--data-dir"])
+            .arg(root.join("storage").join(&id));
         Proc::spawn(
             &format!("basalt-storage {id}"),
             &mut cmd,
@@ -111,10 +151,34 @@ impl ManagedCluster {
     /// Starts control, `servers` storage servers and a node manager, and
     /// waits until control sees them all up.
     pub fn start(root: &Path, servers: usize) -> Result<ManagedCluster> {
+        Self::start_with(root, servers, false)
+    }
+
+    /// Like [`ManagedCluster::start`], with every storage server behind
+    /// [`ServerProxies`], so a test can cut one off the network.
+    pub fn start_proxied(root: &Path, servers: usize) -> Result<ManagedCluster> {
+        Self::start_with(root, servers, true)
+    }
+
+    fn start_with(root: &Path, servers: usize, proxied: bool) -> Result<ManagedCluster> {
         let base = free_ports(12 + 2 * servers as u16)?;
         let control = Self::start_control(root, base)?;
+        let proxies = if proxied {
+            (0..servers)
+                .map(|i| {
+                    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    Ok(ServerProxies {
+                        data: FaultProxy::start(at(Self::data_port(base, i)))?,
+                        admin: FaultProxy::start(at(Self::data_port(base, i) + 1))?,
+                        control: FaultProxy::start(at(base))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let servers = (0..servers)
-            .map(|i| Self::start_server(root, base, i))
+            .map(|i| Self::start_server(root, base, i, proxies.get(i)))
             .collect::<Result<Vec<_>>>()?;
         let node = Self::start_node(root, base)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -127,6 +191,7 @@ impl ManagedCluster {
             servers,
             node,
             rt,
+            proxies,
         };
         c.wait_ready()?;
         Ok(c)
@@ -173,6 +238,46 @@ impl ManagedCluster {
         self.wait_ready()
     }
 
+    /// `kill -9` the control service and start it with `env` added (say,
+    /// armed failpoints); does not wait for it to be ready.
+    pub fn restart_control_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.control.kill9();
+        self.control = Self::start_control_env(&self.root, self.base, env)?;
+        Ok(())
+    }
+
+    /// Prints the tail of every process's log (control, servers, node,
+    /// backends): what a failed test needs to be understood.
+    pub fn dump_logs(&self, lines: usize) {
+        let mut procs: Vec<&Proc> = vec![&self.control, &self.node];
+        procs.extend(self.servers.iter());
+        for p in procs {
+            eprintln!(
+                "==== {} ({})\n{}",
+                p.name,
+                p.log.display(),
+                p.log_tail(lines)
+            );
+        }
+        let logs = self.root.join("node").join("logs");
+        for e in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let v: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "==== backend ({})\n{}",
+                e.path().display(),
+                v[v.len().saturating_sub(lines)..].join("\n")
+            );
+        }
+    }
+
+    /// Starts storage server `i` again (after a kill) on the same data dir.
+    pub fn restart_server(&mut self, i: usize) -> Result<()> {
+        self.servers[i].kill9();
+        self.servers[i] = Self::start_server(&self.root, self.base, i, self.proxies.get(i))?;
+        Ok(())
+    }
+
     /// `kill -9` the node manager (its backends keep running) and start it again.
     pub fn restart_node(&mut self) -> Result<()> {
         self.node.kill9();
@@ -216,12 +321,18 @@ impl ManagedCluster {
     ) -> Result<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.cli_json(&["volume", "show", vol])?;
-            if pred(&v) {
-                return Ok(v);
+            // The control service may be restarting: errors are retried too.
+            let v = self.cli_json(&["volume", "show", vol]);
+            if let Ok(v) = &v {
+                if pred(v) {
+                    return Ok(v.clone());
+                }
             }
             if Instant::now() > deadline {
-                bail!("volume {vol} never reached the expected state: {v}");
+                match v {
+                    Ok(v) => bail!("volume {vol} never reached the expected state: {v}"),
+                    Err(e) => bail!("volume {vol}: {e:#}"),
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }

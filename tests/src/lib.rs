@@ -3,5 +3,7 @@
 
 pub mod cluster;
 pub mod controlplane;
+pub mod faultproxy;
+pub mod faults;
 pub mod guest;
 pub mod procs;

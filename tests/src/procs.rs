@@ -78,6 +78,14 @@ impl Proc {
         Ok(())
     }
 
+    /// Whether the process has exited (and been reaped).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => true,
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+        }
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let v: Vec<&str> = text.lines().collect();

@@ -327,6 +327,61 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(vols[0].size_bytes, 64 << 20);
     assert_eq!(vols[0].state, "ATTACHED");
 
+    // Failure reports from the data path: bad ones are refused, and a report
+    // about a server outside the layout changes nothing.
+    let report = |volume_id: u64, epoch: u64, addr: &str| pb::ReportUnreachableRequest {
+        volume_id,
+        epoch,
+        data_address: addr.into(),
+        reporter: "test".into(),
+    };
+    let rcode = |r: Result<tonic::Response<pb::ReportUnreachableResponse>, tonic::Status>| {
+        r.map(|_| ()).unwrap_err().code()
+    };
+    assert_eq!(
+        rcode(rt.block_on(api.report_unreachable(report(0, 1, "")))),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        rcode(rt.block_on(api.report_unreachable(report(999, 1, "")))),
+        tonic::Code::NotFound
+    );
+    let future = rt
+        .block_on(api.report_unreachable(report(good.id, 99, "127.0.0.1:1")))
+        .unwrap_err();
+    assert_eq!(future.code(), tonic::Code::InvalidArgument);
+    assert!(
+        future
+            .message()
+            .contains("only the control service issues epochs"),
+        "{future}"
+    );
+    let stranger = rt
+        .block_on(api.report_unreachable(report(good.id, 1, "127.0.0.1:1")))
+        .unwrap()
+        .into_inner();
+    assert_eq!(stranger.outcome, pb::ReportOutcome::Current as i32);
+    assert_eq!(stranger.epoch, 1, "nothing changed");
+    // A mirror reported by someone who is not the primary stays.
+    let mirror_addr = good.mirrors[0].address.clone();
+    let not_primary = rt
+        .block_on(api.report_unreachable(report(good.id, 1, &mirror_addr)))
+        .unwrap()
+        .into_inner();
+    assert_eq!(not_primary.outcome, pb::ReportOutcome::Current as i32);
+    assert_eq!(not_primary.mirror_addresses, vec![mirror_addr]);
+    // A live primary reported unreachable answers the control's probe: no failover.
+    let alive = rt
+        .block_on(api.report_unreachable(report(
+            good.id,
+            1,
+            &good.primary.as_ref().unwrap().address,
+        )))
+        .unwrap()
+        .into_inner();
+    assert_eq!(alive.outcome, pb::ReportOutcome::Reachable as i32);
+    assert_eq!(alive.epoch, 1);
+
     // A forced attach fences the old attachment with a new epoch on every copy.
     let forced = rt
         .block_on(api.attach_volume(attach(true, true)))
