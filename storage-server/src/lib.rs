@@ -8,6 +8,7 @@ pub mod copy;
 pub mod dataplane;
 pub mod dirty;
 mod error_map;
+pub mod fake_control;
 pub mod frames;
 pub mod meta;
 pub mod mirror;

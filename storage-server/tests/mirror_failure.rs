@@ -10,62 +10,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use basalt_proto::control as pb;
-use basalt_proto::control::control_server::{Control, ControlServer};
 use basalt_proto::wire::{Opcode, PeerRole, Status};
+use basalt_storage::fake_control;
 use basalt_storage::meta::Role;
 use basalt_storage::store::Layout;
 use basalt_storage::testing::{LocalServer, Options};
 use common::{Client, SIZE, VOL};
 use tokio::sync::mpsc;
-use tonic::{Request, Response};
+use tonic::Response;
 
 type R<T> = Result<Response<T>, tonic::Status>;
 
-/// A control service that only takes failure reports. The first report is
-/// answered REACHABLE (nothing changed: the reporter must retry); the second
-/// one removes the mirror from the primary's layout (epoch + 1) before it
-/// answers MIRROR_REMOVED, as the real control service does.
+/// The fake control's behaviour: the first report is answered REACHABLE
+/// (nothing changed: the reporter must retry); the second one removes the
+/// mirror from the primary's layout (epoch + 1) before it answers
+/// MIRROR_REMOVED, as the real control service does.
 struct FakeControl {
     reports: mpsc::UnboundedSender<pb::ReportUnreachableRequest>,
     seen: Mutex<u32>,
     primary: Arc<Mutex<Option<Arc<LocalServer>>>>,
-}
-
-/// Implements `Control` with `report_unreachable` forwarded to
-/// `FakeControl::report` and every other call answered Unimplemented.
-macro_rules! control_with_reports_only {
-    ($($name:ident($req:ty) -> $resp:ty;)*) => {
-        #[tonic::async_trait]
-        impl Control for FakeControl {
-            $(async fn $name(&self, _: Request<$req>) -> R<$resp> {
-                Err(tonic::Status::unimplemented("fake control: reports only"))
-            })*
-
-            async fn report_unreachable(
-                &self,
-                r: Request<pb::ReportUnreachableRequest>,
-            ) -> R<pb::ReportUnreachableResponse> {
-                self.report(r.into_inner()).await
-            }
-        }
-    };
-}
-
-control_with_reports_only! {
-    create_volume(pb::CreateVolumeRequest) -> pb::Volume;
-    delete_volume(pb::DeleteVolumeRequest) -> pb::DeleteVolumeResponse;
-    describe_volume(pb::DescribeVolumeRequest) -> pb::Volume;
-    list_volumes(pb::ListVolumesRequest) -> pb::ListVolumesResponse;
-    resize_volume(pb::ResizeVolumeRequest) -> pb::Volume;
-    attach_volume(pb::AttachVolumeRequest) -> pb::Volume;
-    detach_volume(pb::DetachVolumeRequest) -> pb::Volume;
-    register_storage_server(pb::RegisterStorageServerRequest) -> pb::RegisterStorageServerResponse;
-    storage_server_heartbeat(pb::StorageServerHeartbeatRequest) -> pb::StorageServerHeartbeatResponse;
-    list_storage_servers(pb::ListStorageServersRequest) -> pb::ListStorageServersResponse;
-    drain_storage_server(pb::DrainStorageServerRequest) -> pb::StorageServer;
-    register_node(pb::RegisterNodeRequest) -> pb::RegisterNodeResponse;
-    node_heartbeat(pb::NodeHeartbeatRequest) -> pb::NodeHeartbeatResponse;
-    list_nodes(pb::ListNodesRequest) -> pb::ListNodesResponse;
 }
 
 impl FakeControl {
@@ -146,16 +109,16 @@ fn a_hung_mirror_is_cut_off_at_once_and_reported_until_removed() {
     let control_addr: SocketAddr = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let svc = FakeControl {
+        let svc = Arc::new(FakeControl {
             reports: reports_tx,
             seen: Mutex::new(0),
             primary: primary_slot.clone(),
-        };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ControlServer::new(svc))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
-        );
+        });
+        let handler: fake_control::ReportHandler = Arc::new(move |r| {
+            let svc = svc.clone();
+            Box::pin(async move { svc.report(r).await })
+        });
+        tokio::spawn(fake_control::serve(l, handler));
         addr
     });
     let mirror_addr: SocketAddr = rt.block_on(async {

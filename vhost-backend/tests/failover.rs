@@ -206,3 +206,83 @@ fn stale_epoch_is_never_acknowledged_and_waits_for_a_new_layout() -> anyhow::Res
         .all(|&b| b == 1));
     Ok(())
 }
+
+/// A primary that accepts connections (in the kernel) and never answers:
+/// a stopped process or a blackholed network.
+fn hung_primary() -> anyhow::Result<(std::net::TcpListener, String)> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?.to_string();
+    Ok((l, addr))
+}
+
+#[test]
+fn a_hung_primary_is_reported_and_the_new_layout_is_used() -> anyhow::Result<()> {
+    use basalt_proto::control as pb;
+    use basalt_storage::fake_control;
+    use std::sync::{Arc, Mutex};
+
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let sdir = dir.path().join("s");
+    std::fs::create_dir_all(&sdir)?;
+    // The copy the control service promotes.
+    let storage = LocalServer::start(&sdir, "s2")?;
+    let (_hung, hung_addr) = hung_primary()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let reports: Arc<Mutex<Vec<pb::ReportUnreachableRequest>>> = Arc::default();
+    let new_primary = storage.data_addr.to_string();
+    let control = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let seen = reports.clone();
+        let handler: fake_control::ReportHandler = Arc::new(move |r| {
+            seen.lock().unwrap().push(r.clone());
+            let primary_address = new_primary.clone();
+            Box::pin(async move {
+                Ok(tonic::Response::new(pb::ReportUnreachableResponse {
+                    outcome: pb::ReportOutcome::FailedOver as i32,
+                    epoch: 2,
+                    primary_address,
+                    mirror_addresses: vec![],
+                }))
+            })
+        });
+        tokio::spawn(fake_control::serve(l, handler));
+        anyhow::Ok(addr)
+    })?;
+    let opts = Opts {
+        size: 8 << 20,
+        control: Some(format!("http://{control}")),
+        request_timeout_ms: 300,
+        ..Opts::default()
+    };
+    storage.create_primary(opts.volume_id, opts.size)?;
+
+    let backend = Backend::start(dir.path().join("vhost.sock"), &hung_addr, &opts)?;
+    let mut blk = Blk::connect(&backend.socket, 2, MIB)?;
+    pattern(5, &mut blk.mem()[..64 << 10]);
+    let data = blk.mem()[..64 << 10].to_vec();
+    blk.write(0, 0, 0, 64 << 10, 1);
+    blk.read(1, 0, 128 << 10, 4096, 2);
+    blk.wait_ok(0, 1)?;
+    blk.wait_ok(1, 1)?;
+    assert_eq!(
+        backend.layout.snapshot().primary,
+        storage.data_addr.to_string()
+    );
+    assert_eq!(backend.layout.epoch(), 2);
+    let got = reports.lock().unwrap().clone();
+    assert!(!got.is_empty(), "the backend reported its primary");
+    assert_eq!(got[0].volume_id, opts.volume_id);
+    assert_eq!(got[0].epoch, 1);
+    assert_eq!(got[0].data_address, hung_addr);
+    assert!(
+        storage.read_copy(opts.volume_id)?[..64 << 10] == data[..],
+        "the write landed on the new primary"
+    );
+    assert_eq!(backend.stats.total().errors, 0);
+    Ok(())
+}

@@ -31,6 +31,9 @@ pub struct Opts {
     pub queues: u16,
     pub queue_size: u16,
     pub read_only: bool,
+    /// Control service URL given to the backend (`--control`).
+    pub control: Option<String>,
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Opts {
@@ -41,6 +44,8 @@ impl Default for Opts {
             queues: 2,
             queue_size: 256,
             read_only: false,
+            control: None,
+            request_timeout_ms: 5000,
         }
     }
 }
@@ -59,8 +64,8 @@ pub fn args(socket: &Path, primary: &str, o: &Opts) -> Args {
         cluster_key_file: None,
         retry_interval_ms: 50,
         connect_timeout_ms: 500,
-        request_timeout_ms: 5000,
-        control: None,
+        request_timeout_ms: o.request_timeout_ms,
+        control: o.control.clone(),
         control_timeout_ms: 1000,
         drain_timeout_ms: 2000,
         log_interval_ms: 1,

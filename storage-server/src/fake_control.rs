@@ -1,0 +1,72 @@
+//! Test support: a control service that only takes failure reports
+//! (`ReportUnreachable`); every other call is answered Unimplemented. Used
+//! by the storage server's and the backend's tests to check what the data
+//! path reports and how it uses the answer, without a whole control plane.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use basalt_proto::control as pb;
+use basalt_proto::control::control_server::{Control, ControlServer};
+use tonic::{Request, Response, Status};
+
+type R<T> = Result<Response<T>, Status>;
+
+/// What a fake control does with a report.
+pub type ReportFuture = Pin<Box<dyn Future<Output = R<pb::ReportUnreachableResponse>> + Send>>;
+pub type ReportHandler = Arc<dyn Fn(pb::ReportUnreachableRequest) -> ReportFuture + Send + Sync>;
+
+pub struct ReportsOnly {
+    handler: ReportHandler,
+}
+
+impl ReportsOnly {
+    pub fn new(handler: ReportHandler) -> ControlServer<ReportsOnly> {
+        ControlServer::new(ReportsOnly { handler })
+    }
+}
+
+macro_rules! reports_only {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Control for ReportsOnly {
+            $(async fn $name(&self, _: Request<$req>) -> R<$resp> {
+                Err(Status::unimplemented("fake control: reports only"))
+            })*
+
+            async fn report_unreachable(
+                &self,
+                r: Request<pb::ReportUnreachableRequest>,
+            ) -> R<pb::ReportUnreachableResponse> {
+                (self.handler)(r.into_inner()).await
+            }
+        }
+    };
+}
+
+reports_only! {
+    create_volume(pb::CreateVolumeRequest) -> pb::Volume;
+    delete_volume(pb::DeleteVolumeRequest) -> pb::DeleteVolumeResponse;
+    describe_volume(pb::DescribeVolumeRequest) -> pb::Volume;
+    list_volumes(pb::ListVolumesRequest) -> pb::ListVolumesResponse;
+    resize_volume(pb::ResizeVolumeRequest) -> pb::Volume;
+    attach_volume(pb::AttachVolumeRequest) -> pb::Volume;
+    detach_volume(pb::DetachVolumeRequest) -> pb::Volume;
+    register_storage_server(pb::RegisterStorageServerRequest) -> pb::RegisterStorageServerResponse;
+    storage_server_heartbeat(pb::StorageServerHeartbeatRequest) -> pb::StorageServerHeartbeatResponse;
+    list_storage_servers(pb::ListStorageServersRequest) -> pb::ListStorageServersResponse;
+    drain_storage_server(pb::DrainStorageServerRequest) -> pb::StorageServer;
+    register_node(pb::RegisterNodeRequest) -> pb::RegisterNodeResponse;
+    node_heartbeat(pb::NodeHeartbeatRequest) -> pb::NodeHeartbeatResponse;
+    list_nodes(pb::ListNodesRequest) -> pb::ListNodesResponse;
+}
+
+/// Serves `handler` on `listener` until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, handler: ReportHandler) {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let _ = tonic::transport::Server::builder()
+        .add_service(ReportsOnly::new(handler))
+        .serve_with_incoming(incoming)
+        .await;
+}
