@@ -28,9 +28,12 @@ pub enum Fault {
     ControlKillInFailover,
     /// `kill -9` the node manager (its backends keep serving); restarted.
     NodeKill,
+    /// `kill -9` the control service with nothing failing: the data path
+    /// goes on without it; restarted after the settle.
+    ControlKill,
 }
 
-pub const ALL: [Fault; 7] = [
+pub const ALL: [Fault; 8] = [
     Fault::PrimaryKill,
     Fault::MirrorKill,
     Fault::PrimaryHang,
@@ -38,6 +41,7 @@ pub const ALL: [Fault; 7] = [
     Fault::MirrorCut,
     Fault::ControlKillInFailover,
     Fault::NodeKill,
+    Fault::ControlKill,
 ];
 
 impl Fault {
@@ -50,6 +54,7 @@ impl Fault {
             Fault::MirrorCut => "mirror network cut",
             Fault::ControlKillInFailover => "control kill -9 during failover",
             Fault::NodeKill => "node manager kill -9",
+            Fault::ControlKill => "control kill -9",
         }
     }
 }
@@ -222,12 +227,17 @@ pub fn inject(
         Fault::PrimaryCut => c.proxies[p].cut(),
         Fault::MirrorCut => c.proxies[m].cut(),
         Fault::NodeKill => c.node.kill9(),
+        Fault::ControlKill => c.control.kill9(),
     }
     let mut failed_over = None;
     match f {
         Fault::NodeKill => {
             std::thread::sleep(SETTLE);
             c.restart_node()?;
+        }
+        Fault::ControlKill => {
+            std::thread::sleep(SETTLE);
+            c.restart_control()?;
         }
         Fault::ControlKillInFailover => {
             let deadline = Instant::now() + FAILOVER_TIMEOUT;

@@ -626,7 +626,8 @@ fn primary_kill9_fails_over_and_remirrors_under_a_guest() {
     let stall = max_clat_ms(&run.output);
     println!(
         "FIGURE primary kill -9 under guest fio verify: 0 guest errors, 0 verify failures, longest guest I/O completion (the stall) {stall:.0} ms \
-         with failure detection at --down-after-ms=1000, back to 2 copies {:.1}s after the kill",
+         (the backend reports the refused reconnection; control probes and fails over), back to 2 copies {:.1}s after the kill \
+         (the killed server stays down: a new copy is filled after --rejoin-wait-ms=3000)",
         took.as_secs_f64()
     );
     c.cli_json(&["volume", "detach", "hot"]).unwrap();
