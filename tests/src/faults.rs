@@ -217,7 +217,15 @@ pub fn inject(
     let moved = move |v: &serde_json::Value| v["epoch"].as_u64().unwrap_or(0) > epoch;
     if f == Fault::ControlKillInFailover {
         c.restart_control_env(&[(basalt_failpoint::ENV, "failover.after_persist=abort")])?;
-        c.wait_ready()?;
+        // Ready when it answers; a spurious failover (a slow machine) may
+        // already hit the failpoint, which the steps below handle alike.
+        let deadline = Instant::now() + FAILOVER_TIMEOUT;
+        while !c.control.has_exited() && c.cli_json(&["volume", "show", vol]).is_err() {
+            if Instant::now() > deadline {
+                bail!("the control service with armed failpoints never answered");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let t0 = Instant::now();
     match f {
