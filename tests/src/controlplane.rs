@@ -246,6 +246,17 @@ impl ManagedCluster {
         Ok(())
     }
 
+    /// Pids of the backends the node manager runs.
+    pub fn backend_pids(&self) -> Result<Vec<u32>> {
+        let b = bin("basalt-vhost-blk")?;
+        Ok(
+            basalt_node::procfs::backends_in(&b, &self.root.join("node").join("run"))
+                .into_iter()
+                .map(|(pid, _)| pid)
+                .collect(),
+        )
+    }
+
     /// Prints the tail of every process's log (control, servers, node,
     /// backends): what a failed test needs to be understood.
     pub fn dump_logs(&self, lines: usize) {
@@ -343,13 +354,9 @@ impl Drop for ManagedCluster {
     /// Backends outlive their node manager by design (they keep serving
     /// guests across its restarts), so a test cluster stops them itself.
     fn drop(&mut self) {
-        if let Ok(b) = bin("basalt-vhost-blk") {
-            for (pid, _) in
-                basalt_node::procfs::backends_in(&b, &self.root.join("node").join("run"))
-            {
-                // SAFETY: signalling a backend this cluster started.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
+        for pid in self.backend_pids().unwrap_or_default() {
+            // SAFETY: signalling a backend this cluster started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
 }

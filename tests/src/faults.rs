@@ -31,9 +31,13 @@ pub enum Fault {
     /// `kill -9` the control service with nothing failing: the data path
     /// goes on without it; restarted after the settle.
     ControlKill,
+    /// `kill -9` the volume's backend under I/O: the node manager restarts
+    /// it, QEMU reconnects (`reconnect=1`) and the requests that were in
+    /// flight are taken from the ring again.
+    BackendKill,
 }
 
-pub const ALL: [Fault; 8] = [
+pub const ALL: [Fault; 9] = [
     Fault::PrimaryKill,
     Fault::MirrorKill,
     Fault::PrimaryHang,
@@ -42,6 +46,7 @@ pub const ALL: [Fault; 8] = [
     Fault::ControlKillInFailover,
     Fault::NodeKill,
     Fault::ControlKill,
+    Fault::BackendKill,
 ];
 
 impl Fault {
@@ -55,6 +60,7 @@ impl Fault {
             Fault::ControlKillInFailover => "control kill -9 during failover",
             Fault::NodeKill => "node manager kill -9",
             Fault::ControlKill => "control kill -9",
+            Fault::BackendKill => "backend kill -9",
         }
     }
 }
@@ -227,6 +233,7 @@ pub fn inject(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    let mut old_backends = Vec::new();
     let t0 = Instant::now();
     match f {
         Fault::PrimaryKill | Fault::ControlKillInFailover => c.servers[p].kill9(),
@@ -236,6 +243,17 @@ pub fn inject(
         Fault::MirrorCut => c.proxies[m].cut(),
         Fault::NodeKill => c.node.kill9(),
         Fault::ControlKill => c.control.kill9(),
+        Fault::BackendKill => {
+            old_backends = c.backend_pids()?;
+            let old = &old_backends;
+            if old.is_empty() {
+                bail!("no backend running");
+            }
+            for pid in old {
+                // SAFETY: signalling a backend this cluster started.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+        }
     }
     let mut failed_over = None;
     match f {
@@ -246,6 +264,21 @@ pub fn inject(
         Fault::ControlKill => {
             std::thread::sleep(SETTLE);
             c.restart_control()?;
+        }
+        Fault::BackendKill => {
+            let old = &old_backends;
+            // The node manager restarts it on the same socket.
+            let deadline = Instant::now() + FAILOVER_TIMEOUT;
+            loop {
+                let now = c.backend_pids()?;
+                if !now.is_empty() && now.iter().all(|p| !old.contains(p)) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the node manager did not restart the backend");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Fault::ControlKillInFailover => {
             let deadline = Instant::now() + FAILOVER_TIMEOUT;

@@ -112,8 +112,11 @@ fn faults_under_a_guest_lose_nothing_and_stall_briefly() {
     let run = std::thread::scope(|s| {
         let feed = rounds.clone();
         let guest = s.spawn(move || {
+            let mut cfg = GuestConfig::new(&socket);
+            // QEMU reconnects to a restarted backend.
+            cfg.reconnect = true;
             image.run_watching(
-                &GuestConfig::new(&socket),
+                &cfg,
                 GUEST_SCRIPT,
                 guest_timeout,
                 &mut |line| feed.on_line(line),

@@ -19,6 +19,8 @@ pub struct Slot {
     pub req: Request,
     /// Descriptor chain head to return to the used ring.
     pub head: u16,
+    /// Position in the available ring it was taken from.
+    pub pos: u16,
     /// Number of wire requests.
     pub parts: u32,
     /// Bit `p` set once part `p` is finished (answered or failed).

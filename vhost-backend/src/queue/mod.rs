@@ -16,6 +16,7 @@
 
 mod complete;
 pub mod frames;
+pub mod order;
 mod submit;
 
 use std::net::{Shutdown, TcpStream};
@@ -39,8 +40,9 @@ use crate::volume::Volume;
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 pub type Vring = VringMutex<GuestMem>;
 
-/// A completed chain: head index and bytes written into the chain.
-type Used = (u16, u32);
+/// A completed chain: its available-ring position, head index and bytes
+/// written into it.
+type Used = (u16, u16, u32);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -54,6 +56,10 @@ struct Pending {
 
 struct State {
     inflight: Inflight,
+    /// Publication in available-ring order (see `order.rs`).
+    order: order::InOrder,
+    /// Chains ready to publish, in order (kept to reuse its allocation).
+    out: Vec<order::Used>,
     pending: Option<Pending>,
     /// Clone of the live connection, to shut it down from anywhere.
     live: Option<TcpStream>,
@@ -119,6 +125,8 @@ impl QueueEngine {
             mem,
             state: Mutex::new(State {
                 inflight: Inflight::new(qsize),
+                order: order::InOrder::new(qsize),
+                out: Vec::with_capacity(usize::from(qsize)),
                 pending: None,
                 live: None,
                 gen: 0,
@@ -203,6 +211,7 @@ impl QueueEngine {
              (--drain-timeout-ms); the guest will not see them complete"
         );
         st.inflight.clear();
+        st.order.reset();
         false
     }
 
@@ -217,6 +226,7 @@ impl QueueEngine {
             );
         }
         st.inflight.clear();
+        st.order.reset();
         self.idle.notify_all();
     }
 
@@ -272,16 +282,17 @@ impl QueueEngine {
             (true, true, RequestKind::In) => s.req.len as u32 + 1,
             _ => 1,
         };
-        let head = s.head;
+        let (pos, head) = (s.pos, s.head);
         st.inflight.free(slot);
         if st.inflight.is_empty() {
             self.idle.notify_all();
         }
-        (head, used)
+        (pos, head, used)
     }
 
-    /// Puts completed chains in the used ring and notifies the guest if it
-    /// asked to be (EVENT_IDX).
+    /// Puts completed chains in the used ring, in available-ring order (a
+    /// chain waits for the older ones), and notifies the guest if it asked
+    /// to be (EVENT_IDX).
     fn publish(&self, done: &mut Vec<Used>) {
         if done.is_empty() {
             return;
@@ -290,13 +301,23 @@ impl QueueEngine {
             done.clear();
             return;
         };
+        // Lock order: state before vring.
+        let mut st = lock(&self.state);
+        let State { order, out, .. } = &mut *st;
+        for (pos, head, len) in done.drain(..) {
+            order.finished(pos, (head, len));
+        }
+        order.drain_into(out);
+        if out.is_empty() {
+            return;
+        }
         let mut v = vring.get_mut();
         if !v.get_queue().ready() {
             // The ring was stopped (GET_VRING_BASE) or reset: it is not ours.
-            done.clear();
+            out.clear();
             return;
         }
-        for (head, len) in done.drain(..) {
+        for (head, len) in out.drain(..) {
             if let Err(e) = v.add_used(head, len) {
                 self.guest_error(format_args!(
                     "cannot return descriptor {head} to the used ring: {e}"

@@ -5,7 +5,7 @@ use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 
 use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 
 use super::frames::{encode_part, parts_of, scatter, FrameIds};
@@ -42,8 +42,8 @@ impl QueueEngine {
                     break;
                 }
             }
-            while let Some(chain) = self.pop(vring, mem) {
-                self.submit(&mut tx, mem, chain);
+            while let Some((pos, chain)) = self.pop(vring, mem) {
+                self.submit(&mut tx, mem, pos, chain);
                 if tx.buf.len() >= FLUSH_BYTES {
                     self.flush(&mut tx);
                 }
@@ -68,10 +68,12 @@ impl QueueEngine {
 
     /// Next available chain. A corrupt avail index is reported (rate-limited)
     /// and leaves the ring alone until the driver fixes it.
-    fn pop<'m>(&self, vring: &Vring, mem: &'m Mem) -> Option<DescriptorChain<&'m Mem>> {
+    fn pop<'m>(&self, vring: &Vring, mem: &'m Mem) -> Option<(u16, DescriptorChain<&'m Mem>)> {
         let mut v = vring.get_mut();
-        match v.get_queue_mut().iter(mem) {
-            Ok(mut it) => it.next(),
+        let q = v.get_queue_mut();
+        let pos = q.next_avail();
+        match q.iter(mem) {
+            Ok(mut it) => it.next().map(|c| (pos, c)),
             Err(e) => {
                 drop(v);
                 self.guest_error(format_args!("cannot read the available ring: {e}"));
@@ -91,7 +93,7 @@ impl QueueEngine {
         tx.done = done;
     }
 
-    fn submit(&self, tx: &mut Tx, mem: &Mem, chain: DescriptorChain<&Mem>) {
+    fn submit(&self, tx: &mut Tx, mem: &Mem, pos: u16, chain: DescriptorChain<&Mem>) {
         let head = chain.head_index();
         let vol = &self.vol;
         let limits = Limits {
@@ -99,6 +101,7 @@ impl QueueEngine {
             read_only: vol.config.read_only,
         };
         let mut st = lock(&self.state);
+        st.order.taken(pos);
         let Some(slot) = st.inflight.alloc() else {
             drop(st);
             // More chains outstanding than ring entries: a broken driver.
@@ -109,16 +112,17 @@ impl QueueEngine {
             self.guest_error(format_args!(
                 "more requests in flight than the queue holds (descriptor {head})"
             ));
-            self.fail_now(tx, mem, head, status, STATUS_IOERR);
+            self.fail_now(tx, mem, pos, head, status, STATUS_IOERR);
             return;
         };
         let s = st.inflight.slot_mut(slot);
         s.head = head;
+        s.pos = pos;
         if let Err(rej) = s.req.parse(chain, mem, &limits) {
             st.inflight.free(slot);
             drop(st);
             self.guest_error(format_args!("descriptor {head}: {}", rej.error));
-            self.fail_now(tx, mem, head, rej.status, rej.error.status());
+            self.fail_now(tx, mem, pos, head, rej.status, rej.error.status());
             return;
         }
         if s.req.kind == RequestKind::GetId {
@@ -134,7 +138,7 @@ impl QueueEngine {
             } else {
                 1
             };
-            tx.done.push((head, used));
+            tx.done.push((pos, head, used));
             return;
         }
         s.parts = parts_of(&s.req);
@@ -181,13 +185,14 @@ impl QueueEngine {
         &self,
         tx: &mut Tx,
         mem: &Mem,
+        pos: u16,
         head: u16,
         status_addr: Option<vm_memory::GuestAddress>,
         status: u8,
     ) {
         bump(&self.counters().errors, 1);
         let written = status_addr.is_some_and(|a| mem.write_obj(status, a).is_ok());
-        tx.done.push((head, u32::from(written)));
+        tx.done.push((pos, head, u32::from(written)));
     }
 
     /// Adopts a connection the completion thread established, resubmitting
