@@ -26,7 +26,8 @@ use crate::placement::place;
 use crate::Control;
 
 impl Control {
-    fn draining(&self) -> Result<Vec<String>> {
+    /// Servers being drained.
+    pub(crate) fn draining(&self) -> Result<Vec<String>> {
         Ok(self
             .registry
             .servers(&*self.store)?
@@ -34,11 +35,6 @@ impl Control {
             .filter(|s| s.draining)
             .map(|s| s.server_id)
             .collect())
-    }
-
-    /// Servers being drained.
-    pub(crate) fn draining_servers(&self) -> Result<Vec<String>> {
-        self.draining()
     }
 
     /// Advances a volume's move one step, if it has one to make. Caller

@@ -18,7 +18,7 @@ impl Control {
                 return 0;
             }
         };
-        let draining = self.draining_servers().unwrap_or_default();
+        let draining = self.draining().unwrap_or_default();
         let mut n = 0;
         for id in ids {
             let _op = self.ops.lock().await;

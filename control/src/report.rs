@@ -51,11 +51,11 @@ impl Control {
                 r.epoch, v.id, v.epoch
             )));
         }
-        if r.data_address.is_empty() {
-            return self.answer(&v, outcome_for(&r, &v, pb::ReportOutcome::Current));
-        }
         if r.epoch < v.epoch {
             return self.answer(&v, pb::ReportOutcome::AlreadyChanged);
+        }
+        if r.data_address.is_empty() {
+            return self.answer(&v, pb::ReportOutcome::Current);
         }
         let servers = self.registry.servers(&*self.store)?;
         let Some(pos) = v.copies.iter().position(|c| {
@@ -143,17 +143,5 @@ impl Control {
                 .map(|c| addr(&c.server_id))
                 .collect::<Result<_>>()?,
         })
-    }
-}
-
-fn outcome_for(
-    r: &pb::ReportUnreachableRequest,
-    v: &VolumeRecord,
-    same: pb::ReportOutcome,
-) -> pb::ReportOutcome {
-    if r.epoch < v.epoch {
-        pb::ReportOutcome::AlreadyChanged
-    } else {
-        same
     }
 }

@@ -544,24 +544,10 @@ fn drain_moves_copies_while_a_guest_writes() {
 
 /// Largest fio completion latency (ms) among `clat (usec|msec): ... max=N` lines.
 fn max_clat_ms(output: &str) -> f64 {
-    let mut worst = 0f64;
-    for line in output.lines() {
-        let Some(i) = line.find("clat (") else {
-            continue;
-        };
-        let unit_ms = line[i..].starts_with("clat (msec)");
-        let Some(m) = line.find("max=") else { continue };
-        let num: String = line[m + 4..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        let mut v: f64 = num.parse().unwrap_or(0.0);
-        if line[m + 4 + num.len()..].starts_with('k') {
-            v *= 1000.0;
-        }
-        worst = worst.max(if unit_ms { v } else { v / 1000.0 });
-    }
-    worst
+    output
+        .lines()
+        .filter_map(basalt_tests::faults::clat_max_ms)
+        .fold(0.0, f64::max)
 }
 
 #[test]

@@ -46,7 +46,7 @@ enum Ask {
     Refresh,
 }
 
-/// Waits up to `timeout` for `fd` to be readable.
+/// Waits up to `timeout` (zero: just looks) for `fd` to be readable.
 fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     let mut p = libc::pollfd {
         fd,
@@ -57,18 +57,6 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, ms) };
     n != 0
-}
-
-/// Whether `fd` has data to read right now.
-fn readable_now(fd: RawFd) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0
 }
 
 impl QueueEngine {
@@ -274,7 +262,7 @@ impl QueueEngine {
             // Signal the guest once per burst: when no further response is
             // buffered (not even its header) or waiting on the socket.
             if done.len() >= done.capacity()
-                || (rd.buffer().len() < HEADER_LEN && !readable_now(fd))
+                || (rd.buffer().len() < HEADER_LEN && !wait_readable(fd, Duration::ZERO))
             {
                 self.publish(done);
             }
