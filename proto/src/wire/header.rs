@@ -96,6 +96,13 @@ pub enum Status {
     Unauthorized = 8,
     /// The operation is not supported by this server.
     Unsupported = 9,
+    /// The sender's attachment was superseded (the volume was attached
+    /// elsewhere with force, or detached): it must stop. Not retryable.
+    Fenced = 10,
+    /// The request's epoch (or attachment) is newer than this copy's: the
+    /// control service's layout change has not reached the copy yet. Only the
+    /// control service raises a copy's epoch; retry after a pause.
+    LayoutPending = 11,
 }
 
 impl TryFrom<u16> for Status {
@@ -112,6 +119,8 @@ impl TryFrom<u16> for Status {
             7 => Status::IoError,
             8 => Status::Unauthorized,
             9 => Status::Unsupported,
+            10 => Status::Fenced,
+            11 => Status::LayoutPending,
             other => return Err(WireError::UnknownStatus(other)),
         })
     }
@@ -122,7 +131,10 @@ impl Status {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Status::MirrorUnavailable | Status::WrongRole | Status::NoSuchVolume
+            Status::MirrorUnavailable
+                | Status::WrongRole
+                | Status::NoSuchVolume
+                | Status::LayoutPending
         )
     }
 }
