@@ -51,6 +51,7 @@ fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
                 delta: p.delta,
             })
             .collect(),
+        attachment: l.attachment,
     })
 }
 
@@ -85,6 +86,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
                     delta: p.delta,
                 })
                 .collect(),
+            attachment: m.attachment,
         }),
         synced: {
             let mut v: Vec<String> = c

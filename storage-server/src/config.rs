@@ -36,9 +36,45 @@ pub struct Args {
     /// mirror under one second; raise it only for slow networks or disks.
     #[arg(long, default_value_t = 300)]
     pub mirror_timeout_ms: u64,
+    /// Deadline of a mirror's answer to a Flush or a FUA write (an
+    /// fdatasync, which a busy disk may take seconds over). A mirror that
+    /// misses it is taken as hung, like one that misses --mirror-timeout-ms
+    /// on a write.
+    #[arg(long, default_value_t = 5000)]
+    pub mirror_sync_timeout_ms: u64,
     /// Pause between attempts to reconnect to an unreachable mirror.
     #[arg(long, default_value_t = 100)]
     pub mirror_reconnect_ms: u64,
+    /// Most data-plane connections open at once, counted from accept (before
+    /// the handshake). Connections beyond it are closed at once. Each
+    /// authenticated connection may hold up to --response-budget-mib plus
+    /// about 5 MiB of buffers; keep the product within the server's memory,
+    /// and the file-descriptor limit (ulimit -n) above this number.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// How long a new data-plane connection may take to complete the
+    /// handshake before it is closed.
+    #[arg(long, default_value_t = 5000)]
+    pub handshake_timeout_ms: u64,
+    /// How long a peer may stall the server: a connection whose peer reads
+    /// none of its responses for this long is closed, and a syncing mirror
+    /// (one whose acknowledgements no guest waits for) that acknowledges
+    /// nothing for this long is disconnected, like a hung in-sync mirror
+    /// after --mirror-timeout-ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub peer_timeout_ms: u64,
+    /// Bytes of responses one data-plane connection may have outstanding
+    /// (read data not yet sent to a peer that is slow to read them); when
+    /// it is used up, the server stops reading that connection's requests
+    /// until the peer reads. At least 5 (one 4 MiB read).
+    #[arg(long, default_value_t = 32)]
+    pub response_budget_mib: usize,
+    /// Bytes of replica frames queued for one mirror but not yet written to
+    /// its connection. A mirror that falls this far behind is disconnected
+    /// (its writes are recorded as missed, as for a mirror that went down)
+    /// rather than let the queue grow. At least 5 (one 4 MiB write).
+    #[arg(long, default_value_t = 64)]
+    pub mirror_queue_mib: usize,
     /// When ready, write `{"data": "IP:PORT", "admin": "IP:PORT"}` to this
     /// file (atomically), so supervisors can wait for it and learn the ports.
     #[arg(long)]
@@ -71,7 +107,22 @@ pub enum ConfigError {
     },
     #[error("{0} must be greater than zero")]
     ZeroTimer(&'static str),
+    #[error("{flag} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        flag: &'static str,
+        min: usize,
+        max: usize,
+        got: usize,
+    },
 }
+
+/// Bounds of the numeric flags, checked by [`ServerConfig::try_from`].
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// Smallest per-connection response budget and mirror queue, in MiB: one
+/// largest frame (4 MiB of payload and its header) must fit.
+pub const MIN_BUFFER_MIB: usize = 5;
+/// Largest per-connection response budget and mirror queue, in MiB.
+pub const MAX_BUFFER_MIB: usize = 4096;
 
 /// Validated configuration of one storage server.
 #[derive(Debug, Clone)]
@@ -82,7 +133,16 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub cluster_key: Vec<u8>,
     pub mirror_timeout: Duration,
+    pub mirror_sync_timeout: Duration,
     pub mirror_reconnect: Duration,
+    /// Most data-plane connections open at once (`--max-connections`).
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub peer_timeout: Duration,
+    /// Outstanding response bytes per data-plane connection.
+    pub response_budget: usize,
+    /// Queued bytes per mirror link.
+    pub mirror_queue: usize,
     pub ready_file: Option<PathBuf>,
     pub control: Option<String>,
     pub zone: String,
@@ -108,9 +168,43 @@ impl TryFrom<Args> for ServerConfig {
         if a.mirror_timeout_ms == 0 {
             return Err(ConfigError::ZeroTimer("--mirror-timeout-ms"));
         }
+        if a.mirror_sync_timeout_ms == 0 {
+            return Err(ConfigError::ZeroTimer("--mirror-sync-timeout-ms"));
+        }
         if a.mirror_reconnect_ms == 0 {
             return Err(ConfigError::ZeroTimer("--mirror-reconnect-ms"));
         }
+        if a.handshake_timeout_ms == 0 {
+            return Err(ConfigError::ZeroTimer("--handshake-timeout-ms"));
+        }
+        if a.peer_timeout_ms == 0 {
+            return Err(ConfigError::ZeroTimer("--peer-timeout-ms"));
+        }
+        let in_range = |flag, min, max, got| {
+            if (min..=max).contains(&got) {
+                Ok(got)
+            } else {
+                Err(ConfigError::OutOfRange {
+                    flag,
+                    min,
+                    max,
+                    got,
+                })
+            }
+        };
+        let max_connections = in_range("--max-connections", 1, MAX_CONNECTIONS, a.max_connections)?;
+        let response_budget = in_range(
+            "--response-budget-mib",
+            MIN_BUFFER_MIB,
+            MAX_BUFFER_MIB,
+            a.response_budget_mib,
+        )? << 20;
+        let mirror_queue = in_range(
+            "--mirror-queue-mib",
+            MIN_BUFFER_MIB,
+            MAX_BUFFER_MIB,
+            a.mirror_queue_mib,
+        )? << 20;
         let cluster_key = match &a.cluster_key_file {
             Some(path) => std::fs::read(path).map_err(|source| ConfigError::KeyFile {
                 path: path.clone(),
@@ -125,12 +219,63 @@ impl TryFrom<Args> for ServerConfig {
             admin_listen: a.admin_listen,
             cluster_key,
             mirror_timeout: Duration::from_millis(a.mirror_timeout_ms),
+            mirror_sync_timeout: Duration::from_millis(a.mirror_sync_timeout_ms),
             mirror_reconnect: Duration::from_millis(a.mirror_reconnect_ms),
+            max_connections,
+            handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+            peer_timeout: Duration::from_millis(a.peer_timeout_ms),
+            response_budget,
+            mirror_queue,
             ready_file: a.ready_file,
             control: a.control,
             zone: a.zone,
             advertise: a.advertise,
             advertise_admin: a.advertise_admin,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<ServerConfig, ConfigError> {
+        let mut argv = vec![
+            "basalt-storage",
+            "--server-id",
+            "s1",
+            "--data-dir",
+            "/tmp/x",
+        ];
+        argv.extend_from_slice(extra);
+        ServerConfig::try_from(Args::try_parse_from(argv).expect("flags parse"))
+    }
+
+    #[test]
+    fn resource_bounds_have_defaults_and_are_validated() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.peer_timeout, Duration::from_secs(10));
+        assert_eq!(c.response_budget, 32 << 20);
+        assert_eq!(c.mirror_queue, 64 << 20);
+        let c = parse(&["--max-connections", "8", "--response-budget-mib", "5"]).unwrap();
+        assert_eq!((c.max_connections, c.response_budget), (8, 5 << 20));
+        for bad in [
+            &["--max-connections", "0"][..],
+            &["--max-connections", "2000000"],
+            &["--response-budget-mib", "4"],
+            &["--mirror-queue-mib", "0"],
+            &["--mirror-queue-mib", "5000"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::OutOfRange { flag, .. } if flag == bad[0]),
+                "{bad:?}: {e}"
+            );
+        }
+        for bad in ["--peer-timeout-ms", "--handshake-timeout-ms"] {
+            assert!(matches!(parse(&[bad, "0"]), Err(ConfigError::ZeroTimer(f)) if f == bad));
+        }
     }
 }

@@ -19,12 +19,25 @@ use crate::mirror::MirrorLink;
 
 pub const DATA_FILE: &str = "data";
 
+/// Largest step a layout change may raise a copy's epoch by. The control
+/// service raises it by one per layout change; a copy that was away for a
+/// while may skip many, but never this many.
+pub const MAX_EPOCH_JUMP: u64 = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("range {offset}+{len} is past the end of the {size}-byte volume")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("epoch {got} is older than this copy's epoch {current}: the sender was fenced")]
     StaleEpoch { got: u64, current: u64 },
+    #[error("epoch {got} is newer than this copy's epoch {current}: only the control service raises epochs; retry once its layout change reached this copy")]
+    EpochAhead { got: u64, current: u64 },
+    #[error("attachment {got} was superseded by attachment {current}: this backend was fenced (the volume was attached elsewhere or detached)")]
+    Fenced { got: u64, current: u64 },
+    #[error("attachment {got} is newer than this copy's attachment {current}: retry once the control service's layout change reached this copy")]
+    AttachmentAhead { got: u64, current: u64 },
+    #[error("layout epoch {got} jumps more than {max} past this copy's epoch {current}: refused as absurd")]
+    Jump { got: u64, current: u64, max: u64 },
     #[error("cannot shrink a copy from {size} to {requested} bytes: volumes only grow")]
     Shrink { size: u64, requested: u64 },
     #[error("disk I/O failed: {0}")]
@@ -50,6 +63,7 @@ pub struct Copy {
     file: File,
     size: AtomicU64,
     epoch: AtomicU64,
+    attachment: AtomicU64,
     primary: AtomicBool,
     /// Persisted metadata; locked only for layout changes and epoch bumps.
     meta: Mutex<CopyMeta>,
@@ -113,6 +127,7 @@ impl Copy {
             file,
             size: AtomicU64::new(meta.size_bytes),
             epoch: AtomicU64::new(meta.epoch),
+            attachment: AtomicU64::new(meta.attachment),
             primary: AtomicBool::new(meta.role == Role::Primary),
             meta: Mutex::new(meta),
             order: Mutex::new(()),
@@ -160,9 +175,18 @@ impl Copy {
             .unwrap_or(0)
     }
 
-    /// Refuses epochs older than the persisted one; persists a newer one
-    /// before the request that carries it is acted on (invariant 3).
-    pub fn check_epoch(&self, epoch: u64) -> Result<(), CopyError> {
+    pub fn attachment(&self) -> u64 {
+        self.attachment.load(Ordering::Acquire)
+    }
+
+    /// Admits a data request carrying `epoch` (invariant 3): an older epoch
+    /// is refused (the sender was fenced); a newer one is refused too,
+    /// without being adopted: only the control service raises a copy's epoch
+    /// ([`Copy::set_layout`]), so a data request can neither brick a copy
+    /// with a huge epoch nor cost an fsync. `attachment` is the backend's
+    /// attachment generation (None for replica frames): an older one than
+    /// the copy's is fenced for good (invariant 5a).
+    pub fn admit(&self, epoch: u64, attachment: Option<u64>) -> Result<(), CopyError> {
         let current = self.epoch();
         if epoch < current {
             return Err(CopyError::StaleEpoch {
@@ -170,36 +194,37 @@ impl Copy {
                 current,
             });
         }
+        if let Some(got) = attachment {
+            let current = self.attachment();
+            if got < current {
+                return Err(CopyError::Fenced { got, current });
+            }
+            if got > current {
+                return Err(CopyError::AttachmentAhead { got, current });
+            }
+        }
         if epoch > current {
-            let mut m = lock(&self.meta);
-            if epoch < m.epoch {
-                return Err(CopyError::StaleEpoch {
-                    got: epoch,
-                    current: m.epoch,
-                });
-            }
-            if epoch > m.epoch {
-                let mut next = m.clone();
-                next.epoch = epoch;
-                next.store(&self.dir)?;
-                *m = next;
-                self.epoch.store(epoch, Ordering::Release);
-            }
+            return Err(CopyError::EpochAhead {
+                got: epoch,
+                current,
+            });
         }
         Ok(())
     }
 
-    /// Runs a mutation under the ordering lock after checking its epoch
-    /// there. [`Copy::set_layout`] takes the same lock, so a layout change
-    /// and a mutation are totally ordered: once a layout with epoch E+1 was
-    /// set, no mutation carrying epoch E is applied any more.
+    /// Runs a mutation under the ordering lock after admitting it there.
+    /// [`Copy::set_layout`] takes the same lock, so a layout change and a
+    /// mutation are totally ordered: once a layout with epoch E+1 (or a new
+    /// attachment) was set, no mutation admitted under the old one is
+    /// applied any more.
     pub fn ordered<R>(
         &self,
         epoch: u64,
+        attachment: Option<u64>,
         apply: impl FnOnce() -> Result<R, CopyError>,
     ) -> Result<R, CopyError> {
         let _order = lock(&self.order);
-        self.check_epoch(epoch)?;
+        self.admit(epoch, attachment)?;
         apply()
     }
 
@@ -224,10 +249,24 @@ impl Copy {
                 current: m.epoch,
             });
         }
+        if next.epoch - m.epoch > MAX_EPOCH_JUMP {
+            return Err(CopyError::Jump {
+                got: next.epoch,
+                current: m.epoch,
+                max: MAX_EPOCH_JUMP,
+            });
+        }
+        if next.attachment < m.attachment {
+            return Err(CopyError::Fenced {
+                got: next.attachment,
+                current: m.attachment,
+            });
+        }
         next.store(&self.dir)?;
         let before = std::mem::replace(&mut *m, next.clone());
         self.dirty.on_layout(&before, &next);
         self.epoch.store(next.epoch, Ordering::Release);
+        self.attachment.store(next.attachment, Ordering::Release);
         self.primary
             .store(next.role == Role::Primary, Ordering::Release);
         self.set_mirrors(links.mirrors);
@@ -396,6 +435,7 @@ mod tests {
             mirrors: vec![],
             primary_server_id: String::new(),
             syncing: vec![],
+            attachment: 0,
         }
     }
 
@@ -430,19 +470,62 @@ mod tests {
     fn epochs_are_persisted_and_enforced() {
         let d = tempfile::tempdir().unwrap();
         let c = Copy::create(d.path(), meta(3)).unwrap();
-        assert!(c.check_epoch(3).is_ok());
+        assert!(c.admit(3, None).is_ok());
         assert!(matches!(
-            c.check_epoch(2),
+            c.admit(2, None),
             Err(CopyError::StaleEpoch { got: 2, current: 3 })
         ));
-        c.check_epoch(7).unwrap();
+        // A data request never raises the epoch, however high it claims.
+        for e in [4, 7, u64::MAX] {
+            assert!(matches!(
+                c.admit(e, None),
+                Err(CopyError::EpochAhead { current: 3, .. })
+            ));
+        }
+        assert_eq!(c.epoch(), 3);
+        assert_eq!(CopyMeta::load(d.path()).unwrap().epoch, 3);
+        c.set_layout(|m| m.epoch = 7, Links::default()).unwrap();
         drop(c);
         let c = Copy::open(d.path()).unwrap();
         assert_eq!(c.epoch(), 7);
-        assert!(c.check_epoch(6).is_err());
+        assert!(c.admit(6, None).is_err());
         assert!(c.set_layout(|m| m.epoch = 5, Links::default()).is_err());
         let change = c.set_layout(|m| m.epoch = 8, Links::default()).unwrap();
         assert_eq!((change.before.epoch, change.after.epoch), (7, 8));
+        // Absurd jumps are refused, even from the admin API.
+        assert!(matches!(
+            c.set_layout(|m| m.epoch = u64::MAX, Links::default()),
+            Err(CopyError::Jump { .. })
+        ));
+        assert_eq!(c.epoch(), 8);
+    }
+
+    #[test]
+    fn superseded_attachments_are_fenced_for_good() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Copy::create(d.path(), meta(1)).unwrap();
+        c.set_layout(|m| m.attachment = 2, Links::default())
+            .unwrap();
+        assert!(c.admit(1, Some(2)).is_ok());
+        assert!(matches!(
+            c.admit(1, Some(1)),
+            Err(CopyError::Fenced { got: 1, current: 2 })
+        ));
+        assert!(matches!(
+            c.admit(1, Some(3)),
+            Err(CopyError::AttachmentAhead { got: 3, current: 2 })
+        ));
+        // Replica frames carry no attachment.
+        assert!(c.admit(1, None).is_ok());
+        // The attachment is never lowered, and survives a restart.
+        assert!(matches!(
+            c.set_layout(|m| m.attachment = 1, Links::default()),
+            Err(CopyError::Fenced { .. })
+        ));
+        drop(c);
+        let c = Copy::open(d.path()).unwrap();
+        assert_eq!(c.attachment(), 2);
+        assert!(c.admit(1, Some(1)).is_err());
     }
 
     /// A mutation whose epoch was checked before a layout change must be
@@ -458,7 +541,7 @@ mod tests {
         let writer = {
             let c = c.clone();
             std::thread::spawn(move || {
-                c.ordered(1, || {
+                c.ordered(1, None, || {
                     checked_tx.send(()).unwrap();
                     go.recv().unwrap();
                     c.write_at(0, &[7; 512])
@@ -488,7 +571,7 @@ mod tests {
             "the layout change returned before a write checked under the old epoch was applied"
         );
         assert!(matches!(
-            c.ordered(1, || Ok(())),
+            c.ordered(1, None, || Ok(())),
             Err(CopyError::StaleEpoch { got: 1, current: 2 })
         ));
     }

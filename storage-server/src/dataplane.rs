@@ -11,18 +11,29 @@
 //! to every mirror under the volume's ordering lock, then a task waits for the
 //! mirrors' acknowledgements before answering. On a mirror, replica frames are
 //! applied in arrival order, which is the primary's order.
+//!
+//! Bounds (no peer can make the server hold unbounded memory or wait for it
+//! forever): at most `--max-connections` connections are open, counted from
+//! accept; a handshake must complete within `--handshake-timeout-ms` and
+//! its payload is read into a handshake-sized buffer. An authenticated
+//! connection reserves each request's response bytes from its budget
+//! (`--response-budget-mib`) before handling it and gets them back when the
+//! response is written, so a peer that does not read its responses stops
+//! being read itself; if it reads nothing for `--peer-timeout-ms` while a
+//! response waits, the connection is closed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use basalt_proto::wire::{Flags, Header, Hello, Opcode, PeerRole, Status};
+use basalt_proto::wire::{Flags, Header, Hello, Opcode, PeerRole, Status, HEADER_LEN, MAX_PAYLOAD};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::copy::{Copy, CopyError};
 use crate::error_map::wire_status;
-use crate::frames::{accept_hello, pool, read_frame};
+use crate::frames::{accept_hello, pool, read_frame, StallDeadline};
 use crate::mirror::{AckJoin, AckTo, MirrorLink, Payload};
 use crate::store::Store;
 
@@ -30,19 +41,70 @@ pub struct DataCtx {
     pub store: Arc<Store>,
     pub cluster_key: Vec<u8>,
     pub mirror_timeout: Duration,
+    /// Deadline of a mirror's answer to a Flush or FUA write (an fdatasync).
+    pub mirror_sync_timeout: Duration,
+    pub connections: Arc<Connections>,
+    pub handshake_timeout: Duration,
+    pub peer_timeout: Duration,
+    pub response_budget: usize,
 }
 
+/// The data plane's connection slots (`--max-connections`). A connection
+/// holds one from accept until its task ends.
+pub struct Connections {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Connections {
+    pub fn new(max: usize) -> Connections {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Connections {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Connections open now (handshaking or authenticated).
+    pub fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// A connection's response frames. Unbounded as a channel, bounded in
+/// bytes: every frame was reserved from the connection's budget.
 type Out = mpsc::UnboundedSender<Vec<u8>>;
 
 /// Read buffer of a connection.
 const READ_BUF: usize = 256 << 10;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<DataCtx>) {
+    let mut refused = 0u64;
+    let mut logged: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
+                let Some(slot) = ctx.connections.admit() else {
+                    // Closed at once: nothing is read from it or kept for it.
+                    drop(stream);
+                    refused += 1;
+                    if logged.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                        tracing::warn!(%addr, refused, max = ctx.connections.max, "refusing data-plane connections: --max-connections reached (raise it if these peers are legitimate)");
+                        logged = Some(Instant::now());
+                        refused = 0;
+                    }
+                    continue;
+                };
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = connection(stream, ctx).await {
                         if e.kind() != std::io::ErrorKind::UnexpectedEof {
                             tracing::warn!(%addr, "data connection closed: {e}");
@@ -58,29 +120,119 @@ pub async fn serve(listener: TcpListener, ctx: Arc<DataCtx>) {
     }
 }
 
+/// Bytes of the response to a request with this opcode and length, as
+/// reserved from a connection's budget before the request is handled and
+/// given back once the response is written. A response echoes its
+/// request's opcode and length, so both sides compute the same weight: a
+/// Read response that carries an error has no payload but still gives back
+/// what the read reserved.
+fn weight(opcode: Opcode, length: u32) -> u32 {
+    match opcode {
+        Opcode::Read => HEADER_LEN as u32 + length.min(MAX_PAYLOAD),
+        _ => HEADER_LEN as u32,
+    }
+}
+
+/// [`weight`] of an encoded response frame, from its header's opcode and
+/// length fields (see `proto/WIRE.md`).
+fn frame_weight(frame: &[u8]) -> u32 {
+    if frame.get(5) != Some(&(Opcode::Read as u8)) {
+        return HEADER_LEN as u32;
+    }
+    let length = frame
+        .get(40..44)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    weight(Opcode::Read, length)
+}
+
 async fn connection(mut stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let local = ctx.store.local_id().to_owned();
     let hello = tokio::time::timeout(
-        Duration::from_secs(5),
+        ctx.handshake_timeout,
         accept_hello(&mut stream, &ctx.cluster_key, &local),
     )
     .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no handshake within {:?} (--handshake-timeout-ms)",
+                ctx.handshake_timeout
+            ),
+        )
+    })??;
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(READ_BUF, rd);
-    let (out, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        let mut wr = BufWriter::with_capacity(256 << 10, wr);
+    // One largest response always fits, so no request waits forever.
+    let budget = ctx
+        .response_budget
+        .max(weight(Opcode::Read, MAX_PAYLOAD) as usize);
+    let budget = Arc::new(Semaphore::new(budget));
+    let (out, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut writer = tokio::spawn(write_responses(wr, rx, budget.clone(), ctx.peer_timeout));
+    let mut payload = Vec::new();
+    let reader = async {
+        loop {
+            let h = match read_frame(&mut rd, &mut payload).await {
+                Ok(h) => h,
+                Err(e) => return e,
+            };
+            // Every request gets exactly one response (sent by `handle`, a
+            // task it spawns, or a mirror link's acknowledgement), through
+            // `out`; the writer gives the reservation back.
+            match budget.acquire_many(weight(h.opcode, h.length)).await {
+                Ok(p) => p.forget(),
+                Err(_) => return std::io::Error::other("response writer stopped"),
+            }
+            handle(&ctx, &hello, h, &mut payload, &out);
+        }
+    };
+    let (read_end, written) = tokio::select! {
+        e = reader => (Err(e), None),
+        w = &mut writer => (Ok(()), Some(w)),
+    };
+    drop(out);
+    // The writer ends once every response in flight was sent (mirror
+    // acknowledgements and syncs have deadlines) or the peer stalled it.
+    let written = match written {
+        Some(w) => w,
+        None => writer.await,
+    };
+    let written = written.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match (read_end, written) {
+        // The peer stopped reading: that is why the connection ends.
+        (_, Err(e)) => Err(e),
+        (r, Ok(())) => r,
+    }
+}
+
+/// Writes a connection's responses, batching what is queued into few
+/// syscalls, and gives each one's weight back to the connection's budget.
+/// Fails when the peer makes no progress reading for `peer_timeout`.
+/// Closes the budget when it ends, so a reader waiting for room stops.
+async fn write_responses(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    budget: Arc<Semaphore>,
+    peer_timeout: Duration,
+) -> std::io::Result<()> {
+    let written = async {
+        let mut wr = BufWriter::with_capacity(256 << 10, StallDeadline::new(wr, peer_timeout));
         let mut last_batch = 1usize;
+        let release = |frame: Vec<u8>| {
+            budget.add_permits(frame_weight(&frame) as usize);
+            pool::put(frame);
+        };
         while let Some(frame) = rx.recv().await {
             wr.write_all(&frame).await?;
-            pool::put(frame);
+            release(frame);
             let mut batch = 1usize;
             loop {
                 while let Ok(more) = rx.try_recv() {
                     wr.write_all(&more).await?;
-                    pool::put(more);
+                    release(more);
                     batch += 1;
                 }
                 // Under load (several frames per write), let the tasks that
@@ -99,18 +251,10 @@ async fn connection(mut stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result
             wr.flush().await?;
         }
         Ok::<(), std::io::Error>(())
-    });
-    let mut payload = Vec::new();
-    let result = loop {
-        let h = match read_frame(&mut rd, &mut payload).await {
-            Ok(h) => h,
-            Err(e) => break Err(e),
-        };
-        handle(&ctx, &hello, h, &mut payload, &out);
-    };
-    drop(out);
-    let _ = writer.await;
-    result
+    }
+    .await;
+    budget.close();
+    written
 }
 
 fn reply(out: &Out, h: Header) {
@@ -135,6 +279,15 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
     if let Err(s) = h.validate_data_request() {
         return reply(out, h.response(s));
     }
+    // A backend connection serves the one volume its handshake named; its
+    // attachment is checked on every request, like the epoch.
+    let attachment = match peer.role {
+        PeerRole::Backend if h.volume_id != peer.volume_id => {
+            return reply(out, h.response(Status::InvalidRequest));
+        }
+        PeerRole::Backend => Some(peer.attachment),
+        PeerRole::Replication => None,
+    };
     let Some(copy) = ctx.store.get(h.volume_id) else {
         return reply(out, h.response(Status::NoSuchVolume));
     };
@@ -146,10 +299,10 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
         h.opcode,
         Opcode::Write | Opcode::Discard | Opcode::WriteZeroes
     );
-    // A mutation's epoch (and role) is checked again under the ordering
-    // lock, where it is applied: see `Copy::ordered`.
+    // A mutation's epoch, attachment and role are checked again under the
+    // ordering lock, where it is applied: see `Copy::ordered`.
     if !mutation {
-        if let Err(e) = copy.check_epoch(h.epoch) {
+        if let Err(e) = copy.admit(h.epoch, attachment) {
             return reply_err(out, &h, &e);
         }
     }
@@ -158,7 +311,7 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
         Opcode::Flush => flush(ctx, copy, h, out.clone()),
         Opcode::Write | Opcode::Discard | Opcode::WriteZeroes => {
             if replica {
-                let r = copy.ordered(h.epoch, || {
+                let r = copy.ordered(h.epoch, None, || {
                     if !role_ok(&copy, peer, true) {
                         return Ok(false);
                     }
@@ -254,14 +407,22 @@ fn primary_mutation(
         Some(p) => &p[..],
         None => &payload[..],
     };
-    let deadline = Instant::now() + ctx.mirror_timeout;
+    let deadline = Instant::now()
+        + if fua {
+            ctx.mirror_sync_timeout
+        } else {
+            ctx.mirror_timeout
+        };
     // Everything from the epoch check to the last queued frame happens under
     // the ordering lock, so a layout change (which takes it too) sees either
     // none or all of it: the epoch, the links and the mirrors' order agree.
-    let queued = copy.ordered(h.epoch, || {
+    let queued = copy.ordered(h.epoch, Some(peer.attachment), || {
         if !role_ok(&copy, peer, false) {
             return Ok(None);
         }
+        // Bounds first: nothing is marked or written for a range past the
+        // end of the volume.
+        copy.check_range(h.offset, u64::from(h.length))?;
         // Absent peers' dirty-region maps, in the same order as the data.
         copy.dirty.on_mutation(h.offset, u64::from(h.length));
         mutate(&copy, &h, data)?;
@@ -285,7 +446,9 @@ fn primary_mutation(
         fwd.flags = Flags(Flags::REPLICA | (h.flags.0 & Flags::FUA));
         fwd.epoch = copy.epoch();
         // Syncing mirrors get every mutation in order; their acks don't count
-        // until they are synced (then they are in `mirrors` here).
+        // until they are synced (then they are in `mirrors` here). Their
+        // frames are due within the link's sync timeout, and a syncing
+        // link that falls behind is torn down, never waited for.
         for m in syncing.iter() {
             drop(m.send(fwd, data));
         }
@@ -296,10 +459,10 @@ fn primary_mutation(
                 None => Payload::Slice(data),
             };
             match &join {
-                Some(j) => m.send_to(fwd, p, AckTo::Join(j.clone()), Some(deadline)),
+                Some(j) => m.send_to(fwd, p, AckTo::Join(j.clone()), deadline),
                 None => {
                     let (tx, rx) = oneshot::channel();
-                    m.send_to(fwd, p, AckTo::Oneshot(tx), None);
+                    m.send_to(fwd, p, AckTo::Oneshot(tx), deadline);
                     acks.push(rx);
                 }
             }
@@ -319,7 +482,7 @@ fn primary_mutation(
         // No mirrors: done.
         return reply(&out, h.response(Status::Ok));
     }
-    let timeout = ctx.mirror_timeout;
+    let timeout = ctx.mirror_sync_timeout;
     tokio::spawn(async move {
         let c = copy.clone();
         let local = tokio::task::spawn_blocking(move || c.sync())
@@ -385,7 +548,9 @@ fn ack_sets(copy: &Copy) -> (Arc<Vec<Arc<MirrorLink>>>, Vec<Arc<MirrorLink>>) {
     (Arc::new(all), rest)
 }
 
-/// fdatasync locally and on every mirror; Ok when all are durable.
+/// fdatasync locally and on every mirror; Ok when all are durable. A
+/// mirror that does not confirm within --mirror-sync-timeout-ms is taken as hung
+/// (its link is torn down and it is reported), as for a write.
 fn flush(ctx: &DataCtx, copy: Arc<Copy>, h: Header, out: Out) {
     let acks: Vec<_> = if h.flags.has(Flags::REPLICA) {
         Vec::new()
@@ -393,13 +558,17 @@ fn flush(ctx: &DataCtx, copy: Arc<Copy>, h: Header, out: Out) {
         let mut fwd = h;
         fwd.flags = Flags(Flags::REPLICA);
         fwd.epoch = copy.epoch();
+        let deadline = Instant::now() + ctx.mirror_sync_timeout;
         let (mirrors, syncing) = ack_sets(&copy);
         for m in syncing.iter() {
             drop(m.send(fwd, &[]));
         }
-        mirrors.iter().map(|m| m.send(fwd, &[])).collect()
+        mirrors
+            .iter()
+            .map(|m| m.send_until(fwd, &[], deadline))
+            .collect()
     };
-    let timeout = ctx.mirror_timeout;
+    let timeout = ctx.mirror_sync_timeout;
     tokio::spawn(async move {
         let c = copy.clone();
         let local = tokio::task::spawn_blocking(move || c.sync())
@@ -411,4 +580,47 @@ fn flush(ctx: &DataCtx, copy: Arc<Copy>, h: Header, out: Out) {
         let status = await_mirrors(acks, timeout, &copy, &h).await;
         reply(&out, h.response(status));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a request reserves is what its response gives back, whatever
+    /// the response's status and payload.
+    #[test]
+    fn a_response_releases_what_its_request_reserved() {
+        let ops = [
+            Opcode::Read,
+            Opcode::Write,
+            Opcode::Flush,
+            Opcode::Discard,
+            Opcode::WriteZeroes,
+            Opcode::Ping,
+            Opcode::Hello,
+        ];
+        for op in ops {
+            for length in [0, 512, 4096, MAX_PAYLOAD, MAX_PAYLOAD + 512, u32::MAX] {
+                let req = Header {
+                    length,
+                    ..Header::request(op, 7, 1, 1)
+                };
+                let reserved = weight(req.opcode, req.length);
+                for status in [Status::Ok, Status::OutOfRange, Status::InvalidRequest] {
+                    let r = req.response(status);
+                    let mut frame = r.encode().to_vec();
+                    if op == Opcode::Read && status == Status::Ok && length <= MAX_PAYLOAD {
+                        frame.resize(HEADER_LEN + length as usize, 0);
+                    }
+                    assert_eq!(frame_weight(&frame), reserved, "{op:?} {length} {status:?}");
+                    assert!(frame.len() <= reserved as usize);
+                }
+            }
+        }
+        assert_eq!(
+            weight(Opcode::Read, MAX_PAYLOAD),
+            HEADER_LEN as u32 + MAX_PAYLOAD
+        );
+        assert_eq!(weight(Opcode::Write, MAX_PAYLOAD), HEADER_LEN as u32);
+    }
 }

@@ -39,13 +39,17 @@ pub struct DirtyMap {
 }
 
 impl DirtyMap {
-    /// Marks every granule that `offset..offset+len` touches.
+    /// Marks every granule that `offset..offset+len` touches. Callers check
+    /// ranges against the copy's size first; as a backstop, nothing past the
+    /// largest volume is ever marked, so a map stays under
+    /// `MAX_VOLUME_BYTES / GRANULE / 8` bytes (128 MiB) whatever it is told.
     pub fn mark(&mut self, offset: u64, len: u64) {
-        if len == 0 {
+        let limit = crate::store::MAX_VOLUME_BYTES;
+        if len == 0 || offset >= limit {
             return;
         }
         let first = offset / GRANULE;
-        let last = offset.saturating_add(len - 1) / GRANULE;
+        let last = offset.saturating_add(len - 1).min(limit - 1) / GRANULE;
         let need = (last / 64 + 1) as usize;
         if self.words.len() < need {
             self.words.resize(need, 0);
@@ -287,6 +291,7 @@ mod tests {
             mirrors: mirrors.iter().map(|m| peer(m)).collect(),
             primary_server_id: String::new(),
             syncing: syncing.iter().map(|m| peer(m)).collect(),
+            attachment: 0,
         }
     }
 
@@ -312,6 +317,20 @@ mod tests {
         other.mark(2 * G, 1);
         m.merge(&other);
         assert_eq!(m.ranges(6 * G), vec![(0, 3 * G), (4 * G, 6 * G)]);
+    }
+
+    /// A range past the largest volume marks nothing (it used to try an
+    /// allocation of exabytes and abort the process).
+    #[test]
+    fn marks_past_the_largest_volume_are_ignored() {
+        let mut m = DirtyMap::default();
+        m.mark(u64::MAX - 4096, 4096);
+        m.mark(1 << 62, u64::from(u32::MAX));
+        assert!(m.is_empty());
+        assert!(m.words.capacity() * 8 < 1 << 20);
+        let limit = crate::store::MAX_VOLUME_BYTES;
+        m.mark(limit - G, 4 * G);
+        assert_eq!(m.ranges(u64::MAX), vec![(limit - G, limit)]);
     }
 
     #[test]

@@ -9,8 +9,10 @@ pub fn wire_status(e: &CopyError) -> Status {
     match e {
         CopyError::OutOfRange { .. } => Status::OutOfRange,
         CopyError::StaleEpoch { .. } => Status::StaleEpoch,
+        CopyError::EpochAhead { .. } | CopyError::AttachmentAhead { .. } => Status::LayoutPending,
+        CopyError::Fenced { .. } => Status::Fenced,
         CopyError::Io(_) => Status::IoError,
-        CopyError::Shrink { .. } => Status::InvalidRequest,
+        CopyError::Shrink { .. } | CopyError::Jump { .. } => Status::InvalidRequest,
     }
 }
 
@@ -20,7 +22,13 @@ pub fn grpc_status(e: StoreError) -> tonic::Status {
         StoreError::NotFound(_) => tonic::Status::not_found(msg),
         StoreError::AlreadyExists(_) => tonic::Status::already_exists(msg),
         StoreError::Invalid(_) => tonic::Status::invalid_argument(msg),
-        StoreError::Copy(CopyError::StaleEpoch { .. }) => tonic::Status::failed_precondition(msg),
+        StoreError::Copy(
+            CopyError::StaleEpoch { .. }
+            | CopyError::Fenced { .. }
+            | CopyError::EpochAhead { .. }
+            | CopyError::AttachmentAhead { .. },
+        ) => tonic::Status::failed_precondition(msg),
+        StoreError::Copy(CopyError::Jump { .. }) => tonic::Status::invalid_argument(msg),
         StoreError::Copy(CopyError::OutOfRange { .. }) => tonic::Status::invalid_argument(msg),
         StoreError::Copy(CopyError::Shrink { .. }) => tonic::Status::failed_precondition(msg),
         StoreError::Copy(CopyError::Io(_)) | StoreError::Io(_) => tonic::Status::internal(msg),

@@ -1,9 +1,14 @@
 //! Async frame I/O and the handshake, on top of `basalt_proto::wire`.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use basalt_proto::wire::{
-    verify_payload, Header, Hello, HelloChallenge, Opcode, PeerRole, Status, WireError, HEADER_LEN,
+    verify_payload, Header, Hello, HelloChallenge, Identity, Opcode, Status, WireError, HEADER_LEN,
+    MAX_HELLO_PAYLOAD, MAX_PAYLOAD,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -16,9 +21,26 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     payload: &mut Vec<u8>,
 ) -> io::Result<Header> {
+    read_frame_bounded(r, payload, MAX_PAYLOAD as usize).await
+}
+
+/// [`read_frame`] accepting at most `max` payload bytes: the bound is
+/// checked before anything is allocated for the payload.
+pub async fn read_frame_bounded<R: AsyncRead + Unpin>(
+    r: &mut R,
+    payload: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Header> {
     let mut hb = [0u8; HEADER_LEN];
     r.read_exact(&mut hb).await?;
     let h = Header::decode(&hb).map_err(invalid)?;
+    if h.payload_len as usize > max {
+        // Only handshakes are read with a bound below the header's own.
+        return Err(invalid(WireError::Malformed {
+            what: "handshake",
+            why: "frame larger than a handshake",
+        }));
+    }
     payload.resize(h.payload_len as usize, 0);
     if h.payload_len > 0 {
         r.read_exact(payload).await.map_err(|e| {
@@ -100,6 +122,100 @@ pub mod pool {
     }
 }
 
+/// A writer that fails with `TimedOut` once a write (or flush) has made no
+/// progress for `timeout`: the peer stopped reading. Time spent with
+/// nothing to write does not count.
+pub struct StallDeadline<W> {
+    inner: W,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Whether `timer` runs: a write is blocked since it was set.
+    armed: bool,
+}
+
+impl<W> StallDeadline<W> {
+    /// Must be called inside a tokio runtime.
+    pub fn new(inner: W, timeout: Duration) -> StallDeadline<W> {
+        StallDeadline {
+            inner,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
+        }
+    }
+
+    /// After the inner writer returned `Pending`: starts the clock, or
+    /// fails if it ran out.
+    fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.armed {
+            self.armed = true;
+            let at = tokio::time::Instant::now() + self.timeout;
+            self.timer.as_mut().reset(at);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the peer read nothing for {:?} (--peer-timeout-ms): closing",
+                    self.timeout
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(&mut self, r: io::Result<T>) -> Poll<io::Result<T>> {
+        self.armed = false;
+        Poll::Ready(r)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for StallDeadline<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.blocked(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.blocked(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.blocked(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Ready(r) => this.progressed(r),
+            Poll::Pending => this.blocked(cx),
+        }
+    }
+}
+
 /// Server side of the handshake. Returns the authenticated peer.
 pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
@@ -113,8 +229,9 @@ pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
     let body = challenge.encode();
     let h = Header::request(Opcode::Hello, 0, 0, 0).with_payload(&body);
     s.write_all(&encode_frame(&h, &body)).await?;
+    // Unauthenticated: a handshake-sized buffer, nothing more.
     let mut buf = Vec::new();
-    let h = read_frame(s, &mut buf).await?;
+    let h = read_frame_bounded(s, &mut buf, MAX_HELLO_PAYLOAD).await?;
     if h.opcode != Opcode::Hello || h.is_response() {
         return Err(invalid(WireError::Malformed {
             what: "handshake",
@@ -141,11 +258,10 @@ pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn connect_hello<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &[u8],
-    role: PeerRole,
-    peer_id: &str,
+    who: Identity<'_>,
 ) -> io::Result<String> {
     let mut buf = Vec::new();
-    let h = read_frame(s, &mut buf).await?;
+    let h = read_frame_bounded(s, &mut buf, MAX_HELLO_PAYLOAD).await?;
     if h.opcode != Opcode::Hello || h.is_response() {
         return Err(invalid(WireError::Malformed {
             what: "handshake",
@@ -153,10 +269,10 @@ pub async fn connect_hello<S: AsyncRead + AsyncWrite + Unpin>(
         }));
     }
     let challenge = HelloChallenge::decode(&buf).map_err(invalid)?;
-    let body = Hello::new(key, &challenge, role, peer_id).encode();
+    let body = Hello::new(key, &challenge, who).encode();
     let h = Header::request(Opcode::Hello, 1, 0, 0).with_payload(&body);
     s.write_all(&encode_frame(&h, &body)).await?;
-    let r = read_frame(s, &mut buf).await?;
+    let r = read_frame_bounded(s, &mut buf, MAX_HELLO_PAYLOAD).await?;
     if r.opcode != Opcode::Hello || !r.is_response() || r.status != Status::Ok {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -167,4 +283,55 @@ pub async fn connect_hello<S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     Ok(challenge.server_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_writer_stalled_past_its_deadline_fails_and_a_slow_one_does_not() {
+        rt().block_on(async {
+            let timeout = Duration::from_millis(100);
+            // Nobody reads: the write blocks once the pipe is full, then fails.
+            let (a, _b) = tokio::io::duplex(4096);
+            let mut w = StallDeadline::new(a, timeout);
+            let t = tokio::time::Instant::now();
+            let e = w.write_all(&[0u8; 1 << 16]).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            assert!(t.elapsed() >= timeout);
+            // A reader that takes a little at a time, each within the
+            // deadline, never trips it, however long the whole write takes.
+            let (a, mut b) = tokio::io::duplex(4096);
+            let reader = tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = 0;
+                while got < 1 << 16 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    got += b.read(&mut buf).await.unwrap();
+                }
+            });
+            let mut w = StallDeadline::new(a, timeout);
+            let t = tokio::time::Instant::now();
+            w.write_all(&[0u8; 1 << 16]).await.unwrap();
+            w.flush().await.unwrap();
+            reader.await.unwrap();
+            assert!(t.elapsed() > timeout, "the slow reader was not slow");
+            // Idle time does not count.
+            tokio::time::sleep(timeout * 2).await;
+            let (a, mut b) = tokio::io::duplex(4096);
+            let mut w = StallDeadline::new(a, timeout);
+            tokio::time::sleep(timeout * 2).await;
+            w.write_all(&[1u8; 100]).await.unwrap();
+            let mut buf = [0u8; 100];
+            b.read_exact(&mut buf).await.unwrap();
+        });
+    }
 }

@@ -35,6 +35,7 @@ pub struct Bound {
     data: TcpListener,
     admin: TcpListener,
     store: Arc<store::Store>,
+    connections: Arc<dataplane::Connections>,
     config: ServerConfig,
     _lock: std::fs::File,
 }
@@ -54,14 +55,40 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Warns when the file-descriptor limit is below what `--max-connections`
+/// needs: accepts would then fail before the cap is reached.
+fn check_fd_limit(max_connections: usize) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return;
+    }
+    // One descriptor per connection, plus mirror links, copies, the admin
+    // server and the runtime.
+    let want = max_connections as u64 + 256;
+    if r.rlim_cur != libc::RLIM_INFINITY && r.rlim_cur < want {
+        tracing::warn!(
+            limit = r.rlim_cur,
+            max_connections,
+            "the open-file limit is below --max-connections plus 256: raise it (ulimit -n, LimitNOFILE=) or lower --max-connections"
+        );
+    }
+}
+
 /// Loads copies and binds the listeners. Must run inside a tokio runtime.
 pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
     let lock = lock_data_dir(&config.data_dir)?;
+    check_fd_limit(config.max_connections);
     let settings = mirror::LinkSettings {
         local_server_id: config.server_id.clone(),
         cluster_key: Arc::new(config.cluster_key.clone()),
         reconnect: config.mirror_reconnect,
         connect_timeout: config.mirror_timeout,
+        sync_timeout: config.peer_timeout,
+        queue_bytes: config.mirror_queue,
     };
     let reporter = match &config.control {
         Some(url) => Some(Arc::new(report::Reporter::new(url, &config.server_id)?)),
@@ -82,6 +109,7 @@ pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
         data,
         admin,
         store,
+        connections: Arc::new(dataplane::Connections::new(config.max_connections)),
         config,
         _lock: lock,
     })
@@ -97,6 +125,11 @@ impl Bound {
             store: self.store.clone(),
             cluster_key: self.config.cluster_key.clone(),
             mirror_timeout: self.config.mirror_timeout,
+            mirror_sync_timeout: self.config.mirror_sync_timeout,
+            connections: self.connections.clone(),
+            handshake_timeout: self.config.handshake_timeout,
+            peer_timeout: self.config.peer_timeout,
+            response_budget: self.config.response_budget,
         });
         let data = tokio::spawn(dataplane::serve(self.data, ctx));
         let svc = admin::AdminService {

@@ -49,6 +49,10 @@ pub struct CopyMeta {
     /// Primary only: mirrors being filled by a full copy (not yet in sync).
     #[serde(default)]
     pub syncing: Vec<PeerMeta>,
+    /// The volume's current attachment generation (from the control
+    /// service): backends stating an older one are fenced. Never lowered.
+    #[serde(default)]
+    pub attachment: u64,
 }
 
 pub const META_FILE: &str = "meta.json";
@@ -95,6 +99,7 @@ mod tests {
             }],
             primary_server_id: String::new(),
             syncing: vec![],
+            attachment: 9,
         };
         m.store(d.path()).unwrap();
         assert_eq!(CopyMeta::load(d.path()).unwrap(), m);

@@ -14,13 +14,21 @@
 //! attempt (TCP connect and handshake) is bounded by the same timeout: a
 //! stopped process still completes TCP connects in the kernel but never
 //! answers the handshake.
+//!
+//! Nothing a mirror does can make a link hold unbounded memory: every frame
+//! queued has a deadline (a flush or FUA write too, and a syncing mirror's
+//! frames, which no guest waits for, get `sync_timeout`), and a link whose
+//! queue of frames not yet written exceeds `queue_bytes`, or whose frames
+//! awaiting acknowledgement exceed [`MAX_UNACKED`], is torn down like one
+//! whose acknowledgement is overdue. A send never blocks: the primary's
+//! ordering lock is never held up by a slow mirror.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use basalt_proto::wire::{Header, Opcode, PeerRole, Status, HEADER_LEN};
+use basalt_proto::wire::{Header, Identity, Opcode, PeerRole, Status, HEADER_LEN};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -33,6 +41,12 @@ type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
 
 /// How often a link looks for acknowledgements past their deadline.
 const SWEEP: Duration = Duration::from_millis(20);
+
+/// Most frames a link keeps waiting for their acknowledgement. Far above
+/// what the data path keeps in flight (queue depth times queues, plus a
+/// resync's window); a mirror that reads frames but acknowledges none would
+/// otherwise grow the map until the first deadline passes.
+pub const MAX_UNACKED: usize = 1 << 16;
 
 /// Where a mirror's acknowledgement goes.
 pub enum AckTo {
@@ -97,7 +111,7 @@ impl AckJoin {
 struct Waiter {
     /// When the acknowledgement is overdue: the connection is then torn
     /// down and every waiter answered `MirrorUnavailable`.
-    deadline: Option<Instant>,
+    deadline: Instant,
     to: AckTo,
     /// The range a mutation frame changes: recorded as missed by the peer
     /// unless it is acknowledged `Ok`.
@@ -149,9 +163,23 @@ enum LinkFrame {
     Shared([u8; HEADER_LEN], Arc<Vec<u8>>),
 }
 
+impl LinkFrame {
+    /// Bytes the frame holds (a shared payload counted in full).
+    fn weight(&self) -> usize {
+        match self {
+            LinkFrame::Bytes(b) => b.len(),
+            LinkFrame::Shared(h, p) => h.len() + p.len(),
+        }
+    }
+}
+
 struct Conn {
+    /// Frames to write, in order; `queued` counts their bytes.
     tx: mpsc::UnboundedSender<LinkFrame>,
+    queued: Arc<AtomicUsize>,
     pending: Pending,
+    /// Tears the connection down with the given reason.
+    kill: oneshot::Sender<std::io::Error>,
 }
 
 pub struct MirrorLink {
@@ -161,6 +189,8 @@ pub struct MirrorLink {
     closed: watch::Sender<bool>,
     state: Arc<watch::Sender<LinkState>>,
     misses: Option<Misses>,
+    sync_timeout: Duration,
+    queue_bytes: usize,
 }
 
 /// Settings a link needs from its server.
@@ -171,6 +201,11 @@ pub struct LinkSettings {
     pub reconnect: Duration,
     /// Bound on one connection attempt (TCP connect and handshake).
     pub connect_timeout: Duration,
+    /// Deadline of a frame queued without one (a syncing mirror's frames:
+    /// no guest waits for their acknowledgement).
+    pub sync_timeout: Duration,
+    /// Most bytes of frames queued but not yet written to the connection.
+    pub queue_bytes: usize,
 }
 
 impl MirrorLink {
@@ -194,6 +229,8 @@ impl MirrorLink {
             closed,
             state: Arc::new(watch::channel(LinkState::Connecting).0),
             misses: misses.clone(),
+            sync_timeout: settings.sync_timeout,
+            queue_bytes: settings.queue_bytes,
         });
         tokio::spawn(run(
             peer,
@@ -221,24 +258,37 @@ impl MirrorLink {
         }
     }
 
-    /// Queues a replica frame. The receiver yields the mirror's status, or
-    /// `MirrorUnavailable` if the connection is or goes down first.
+    /// Queues a replica frame whose acknowledgement no guest waits for (a
+    /// syncing mirror's), due within the link's `sync_timeout`. The
+    /// receiver yields the mirror's status, or `MirrorUnavailable` if the
+    /// connection is or goes down first.
     pub fn send(&self, header: Header, payload: &[u8]) -> oneshot::Receiver<Status> {
+        self.send_until(header, payload, Instant::now() + self.sync_timeout)
+    }
+
+    /// [`MirrorLink::send`] with the acknowledgement due by `deadline`.
+    pub fn send_until(
+        &self,
+        header: Header,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> oneshot::Receiver<Status> {
         let (tx, rx) = oneshot::channel();
-        self.send_to(header, Payload::Slice(payload), AckTo::Oneshot(tx), None);
+        self.send_to(
+            header,
+            Payload::Slice(payload),
+            AckTo::Oneshot(tx),
+            deadline,
+        );
         rx
     }
 
     /// Queues a replica frame; its acknowledgement goes to `to`, or
-    /// `MirrorUnavailable` if the connection is or goes down first or
-    /// `deadline` passes.
-    pub fn send_to(
-        &self,
-        mut header: Header,
-        payload: Payload<'_>,
-        to: AckTo,
-        deadline: Option<Instant>,
-    ) {
+    /// `MirrorUnavailable` if the connection is or goes down first. Past
+    /// `deadline` the mirror is taken as hung: the connection is torn down
+    /// and every frame waiting on it answered `MirrorUnavailable`. So is it
+    /// when this frame would take the queue past its bound.
+    pub fn send_to(&self, mut header: Header, payload: Payload<'_>, to: AckTo, deadline: Instant) {
         let range = matches!(
             header.opcode,
             Opcode::Write | Opcode::Discard | Opcode::WriteZeroes
@@ -249,17 +299,51 @@ impl MirrorLink {
             to,
             range,
         };
-        let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = guard.as_ref() else {
             drop(guard);
             return settle(w, Status::MirrorUnavailable, self.misses.as_ref());
         };
+        let weight = HEADER_LEN
+            + match &payload {
+                Payload::Slice(p) => p.len(),
+                Payload::Shared(p) => p.len(),
+            };
+        // Senders are serialised by the slot's lock; the writer only
+        // lowers `queued`, so the check cannot be overtaken.
+        let queued = conn.queued.load(Ordering::Acquire);
+        let mut pending = lock(&conn.pending);
+        let unacked = pending.len();
+        // A frame larger than the bound still goes on an empty queue.
+        let over = queued > 0 && queued + weight > self.queue_bytes;
+        if over || unacked >= MAX_UNACKED {
+            // The mirror is not keeping up (stopped reading, or reads and
+            // never acknowledges): drop the connection rather than queue
+            // more. Its waiters are answered and their ranges recorded as
+            // missed by the link's task, exactly as when it goes down.
+            let why = if unacked >= MAX_UNACKED {
+                format!("{unacked} frames unacknowledged (the mirror reads but does not answer)")
+            } else {
+                format!(
+                    "{queued} bytes queued and not yet written, bound {} (the mirror stopped reading or is too slow); raise --mirror-queue-mib if its network is just slow",
+                    self.queue_bytes
+                )
+            };
+            drop(pending);
+            if let Some(conn) = guard.take() {
+                let _ = conn.kill.send(std::io::Error::other(why));
+            }
+            drop(guard);
+            return settle(w, Status::MirrorUnavailable, self.misses.as_ref());
+        }
         header.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&conn.pending).insert(header.request_id, w);
+        pending.insert(header.request_id, w);
+        drop(pending);
         let frame = match payload {
             Payload::Slice(p) => LinkFrame::Bytes(pool::frame(&header, p)),
             Payload::Shared(p) => LinkFrame::Shared(header.encode(), p.clone()),
         };
+        conn.queued.fetch_add(weight, Ordering::AcqRel);
         if conn.tx.send(frame).is_err() {
             let w = lock(&conn.pending).remove(&header.request_id);
             drop(guard);
@@ -309,13 +393,13 @@ async fn run(
         let session = async {
             let mut stream = TcpStream::connect(&peer.address).await?;
             stream.set_nodelay(true)?;
-            let server = connect_hello(
-                &mut stream,
-                &s.cluster_key,
-                PeerRole::Replication,
-                &s.local_server_id,
-            )
-            .await?;
+            let who = Identity {
+                role: PeerRole::Replication,
+                peer_id: &s.local_server_id,
+                volume_id: 0,
+                attachment: 0,
+            };
+            let server = connect_hello(&mut stream, &s.cluster_key, who).await?;
             if server != peer.server_id {
                 return Err(std::io::Error::other(format!(
                     "{} answered as {server:?}, expected {:?}",
@@ -360,14 +444,19 @@ async fn run(
         }
         failures = 0;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (kill, killed) = oneshot::channel();
         let pending: Pending = Arc::default();
+        let queued = Arc::new(AtomicUsize::new(0));
         *lock(&slot) = Some(Conn {
             tx,
+            queued: queued.clone(),
             pending: pending.clone(),
+            kill,
         });
         state.send_replace(LinkState::Up);
         let err = tokio::select! {
-            e = serve(stream, rx, pending.clone(), misses.clone()) => e,
+            e = serve(stream, rx, queued, pending.clone(), misses.clone()) => e,
+            e = killed => e.unwrap_or_else(|_| std::io::Error::other("link closed")),
             _ = closed.changed() => std::io::Error::other("link closed"),
         };
         *lock(&slot) = None;
@@ -387,6 +476,7 @@ async fn run(
 async fn serve(
     stream: TcpStream,
     mut rx: mpsc::UnboundedReceiver<LinkFrame>,
+    queued: Arc<AtomicUsize>,
     pending: Pending,
     misses: Option<Misses>,
 ) -> std::io::Error {
@@ -396,11 +486,11 @@ async fn serve(
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
         let mut last_batch = 1usize;
         while let Some(frame) = rx.recv().await {
-            write_frame(&mut wr, frame).await?;
+            write_frame(&mut wr, frame, &queued).await?;
             let mut batch = 1usize;
             loop {
                 while let Ok(more) = rx.try_recv() {
-                    write_frame(&mut wr, more).await?;
+                    write_frame(&mut wr, more, &queued).await?;
                     batch += 1;
                 }
                 // Under load (several frames per write), let the tasks that
@@ -432,7 +522,7 @@ async fn serve(
             let now = Instant::now();
             let overdue = lock(&sweep_pending)
                 .values()
-                .filter_map(|w| w.deadline)
+                .map(|w| w.deadline)
                 .filter(|d| *d <= now)
                 .min();
             if let Some(d) = overdue {
@@ -468,10 +558,14 @@ async fn serve(
     }
 }
 
+/// Writes a queued frame (into the buffer or the socket) and takes its
+/// bytes off the queue's count.
 async fn write_frame<W: AsyncWrite + Unpin>(
     wr: &mut BufWriter<W>,
     frame: LinkFrame,
+    queued: &AtomicUsize,
 ) -> std::io::Result<()> {
+    let weight = frame.weight();
     match frame {
         LinkFrame::Bytes(b) => {
             wr.write_all(&b).await?;
@@ -486,6 +580,7 @@ async fn write_frame<W: AsyncWrite + Unpin>(
             }
         }
     }
+    queued.fetch_sub(weight, Ordering::AcqRel);
     Ok(())
 }
 

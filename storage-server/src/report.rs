@@ -92,6 +92,7 @@ impl Reporter {
             epoch,
             data_address: address.to_owned(),
             reporter: self.server_id.clone(),
+            attachment: 0,
         });
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(r) => r.map(tonic::Response::into_inner),

@@ -35,6 +35,8 @@ pub struct Layout {
     pub primary_server_id: String,
     /// Primary only: mirrors being filled by a full copy.
     pub syncing: Vec<PeerMeta>,
+    /// Current attachment generation of the volume.
+    pub attachment: u64,
 }
 
 impl Layout {
@@ -227,6 +229,7 @@ impl Store {
             mirrors: layout.mirrors,
             primary_server_id: layout.primary_server_id,
             syncing: layout.syncing,
+            attachment: layout.attachment,
         };
         let copy = Arc::new(Copy::create(&self.root.join(volume_id.to_string()), meta)?);
         self.start_links(&copy);
@@ -267,6 +270,7 @@ impl Store {
         next.mirrors = layout.mirrors;
         next.primary_server_id = layout.primary_server_id;
         next.syncing = layout.syncing;
+        next.attachment = layout.attachment;
         let links = self.links_for(&copy, &next);
         copy.set_layout(
             |m| {
@@ -275,6 +279,7 @@ impl Store {
                 m.mirrors = next.mirrors;
                 m.primary_server_id = next.primary_server_id;
                 m.syncing = next.syncing;
+                m.attachment = next.attachment;
             },
             links,
         )?;

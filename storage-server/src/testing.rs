@@ -18,6 +18,7 @@ pub struct LocalServer {
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     store: Arc<Store>,
+    connections: Arc<crate::dataplane::Connections>,
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -30,9 +31,21 @@ pub struct Options {
     pub control: Option<String>,
     /// `--mirror-timeout-ms`.
     pub mirror_timeout: Duration,
+    /// `--mirror-sync-timeout-ms` (None: the same as `mirror_timeout`).
+    pub mirror_sync_timeout: Option<Duration>,
     /// Data-plane listen address (default: a port chosen by the kernel); set
     /// it to restart a server on the address it had.
     pub listen: Option<SocketAddr>,
+    /// `--max-connections`.
+    pub max_connections: usize,
+    /// `--handshake-timeout-ms`.
+    pub handshake_timeout: Duration,
+    /// `--peer-timeout-ms`.
+    pub peer_timeout: Duration,
+    /// `--response-budget-mib`, in bytes.
+    pub response_budget: usize,
+    /// `--mirror-queue-mib`, in bytes.
+    pub mirror_queue: usize,
 }
 
 impl Default for Options {
@@ -40,7 +53,13 @@ impl Default for Options {
         Options {
             control: None,
             mirror_timeout: Duration::from_secs(2),
+            mirror_sync_timeout: None,
             listen: None,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            peer_timeout: Duration::from_secs(10),
+            response_budget: 32 << 20,
+            mirror_queue: 64 << 20,
         }
     }
 }
@@ -60,7 +79,13 @@ impl LocalServer {
             admin_listen: "127.0.0.1:0".parse()?,
             cluster_key: Vec::new(),
             mirror_timeout: o.mirror_timeout,
+            mirror_sync_timeout: o.mirror_sync_timeout.unwrap_or(o.mirror_timeout),
             mirror_reconnect: Duration::from_millis(50),
+            max_connections: o.max_connections,
+            handshake_timeout: o.handshake_timeout,
+            peer_timeout: o.peer_timeout,
+            response_budget: o.response_budget,
+            mirror_queue: o.mirror_queue,
             ready_file: None,
             control: o.control,
             zone: String::new(),
@@ -73,8 +98,12 @@ impl LocalServer {
             .build()?;
         let handle = rt.handle().clone();
         let bound = rt.block_on(crate::bind(config))?;
-        let (data_addr, admin_addr, store) =
-            (bound.data_addr, bound.admin_addr, bound.store.clone());
+        let (data_addr, admin_addr, store, connections) = (
+            bound.data_addr,
+            bound.admin_addr,
+            bound.store.clone(),
+            bound.connections.clone(),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("storage-{server_id}"))
@@ -92,6 +121,7 @@ impl LocalServer {
             data_addr,
             admin_addr,
             store,
+            connections,
             handle,
             stop: Some(stop),
             thread: Some(thread),
@@ -115,6 +145,7 @@ impl LocalServer {
                 mirrors: vec![],
                 primary_server_id: String::new(),
                 syncing: vec![],
+                attachment: 0,
             },
         )
     }
@@ -143,6 +174,7 @@ impl LocalServer {
                 mirrors,
                 primary_server_id: String::new(),
                 syncing: vec![],
+                attachment: 0,
             },
         )
     }
@@ -163,6 +195,7 @@ impl LocalServer {
                 mirrors: vec![],
                 primary_server_id: primary_server_id.to_owned(),
                 syncing: vec![],
+                attachment: 0,
             },
         )
     }
@@ -184,7 +217,8 @@ impl LocalServer {
                 })
                 .collect()
         };
-        let epoch = self.store.get(volume_id).context("no such copy")?.epoch();
+        let copy = self.store.get(volume_id).context("no such copy")?;
+        let (epoch, attachment) = (copy.epoch(), copy.attachment());
         let _rt = self.handle.enter();
         self.store.set_layout(
             volume_id,
@@ -194,9 +228,28 @@ impl LocalServer {
                 mirrors: peers(mirrors),
                 primary_server_id: String::new(),
                 syncing: peers(syncing),
+                attachment,
             },
         )?;
         Ok(())
+    }
+
+    /// Raises a copy's epoch and attachment generation, keeping its role
+    /// and peers, as the control service's `SetLayout` does after a forced
+    /// attach.
+    pub fn raise(&self, volume_id: u64, epoch: u64, attachment: u64) -> anyhow::Result<()> {
+        let m = self.store.get(volume_id).context("no such copy")?.meta();
+        self.set_layout(
+            volume_id,
+            Layout {
+                role: m.role,
+                epoch,
+                mirrors: m.mirrors,
+                primary_server_id: m.primary_server_id,
+                syncing: m.syncing,
+                attachment,
+            },
+        )
     }
 
     /// Sets any layout (role, epoch, peers) on a copy, as `SetLayout` does.
@@ -209,6 +262,11 @@ impl LocalServer {
     /// The copy itself (counters, dirty-region maps), for assertions.
     pub fn copy(&self, volume_id: u64) -> Option<Arc<crate::copy::Copy>> {
         self.store.get(volume_id)
+    }
+
+    /// Data-plane connections open now (handshaking or authenticated).
+    pub fn data_connections(&self) -> usize {
+        self.connections.open()
     }
 
     /// The copy's persisted layout epoch.

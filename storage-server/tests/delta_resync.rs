@@ -39,6 +39,7 @@ fn primary_layout(epoch: u64, mirrors: Vec<PeerMeta>, syncing: Vec<PeerMeta>) ->
         mirrors,
         primary_server_id: String::new(),
         syncing,
+        attachment: 0,
     }
 }
 
@@ -49,6 +50,7 @@ fn mirror_layout(epoch: u64, primary: &str) -> Layout {
         mirrors: vec![],
         primary_server_id: primary.to_owned(),
         syncing: vec![],
+        attachment: 0,
     }
 }
 
@@ -200,6 +202,8 @@ fn a_removed_mirror_rejoins_with_only_the_regions_written_meanwhile() {
     assert_identical(&p, &m);
 
     // Back in the in-sync set: the map is dropped, writes need the mirror.
+    // Mirrors first: a copy takes a new epoch only from a layout.
+    m.set_layout(VOL, mirror_layout(4, "s-primary")).unwrap();
     p.set_layout(
         VOL,
         primary_layout(4, vec![peer("s-mirror", m.data_addr, false)], vec![]),
@@ -215,6 +219,8 @@ fn a_removed_mirror_rejoins_with_only_the_regions_written_meanwhile() {
 /// acknowledged is resubmitted (with the current epoch) until it is.
 struct Writer {
     stop: Arc<AtomicBool>,
+    /// Held by the writer for each write; taken by the test to hold writes.
+    gate: Arc<std::sync::Mutex<()>>,
     done: Arc<AtomicU64>,
     epoch: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<u64>,
@@ -225,8 +231,10 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let epoch = Arc::new(AtomicU64::new(epoch));
+        let gate = Arc::new(std::sync::Mutex::new(()));
         let thread = {
             let (stop, done, epoch) = (stop.clone(), done.clone(), epoch.clone());
+            let gate = gate.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr, PeerRole::Backend, "writer");
                 let mut n = 0u64;
@@ -234,6 +242,7 @@ impl Writer {
                     // A few hot regions, as a guest's working set.
                     let off = (n * 7919 % 96) * 4096 + (n % 3) * 16 * MIB;
                     let data = [(n % 251) as u8; 4096];
+                    let _held = gate.lock().unwrap();
                     loop {
                         let e = epoch.load(Ordering::Relaxed);
                         match c.op(Opcode::Write, e, off, 4096, &data) {
@@ -252,6 +261,7 @@ impl Writer {
         };
         Writer {
             stop,
+            gate,
             done,
             epoch,
             thread,
@@ -297,13 +307,21 @@ fn a_restarted_mirror_catches_up_by_delta_while_writes_continue() {
     .unwrap();
     w.epoch.store(3, Ordering::Relaxed);
     wait_synced(&p, "s-mirror");
-    // Control moves it into the in-sync set; writes go on.
-    p.set_layout(
-        VOL,
-        primary_layout(4, vec![peer("s-mirror", m_addr, false)], vec![]),
-    )
-    .unwrap();
-    w.epoch.store(4, Ordering::Relaxed);
+    // Control moves it into the in-sync set; writes go on. Mirrors first:
+    // a copy takes a new epoch only from a layout, so a write forwarded
+    // between the two pushes would be refused by the mirror (and resent by
+    // the next delta pass, which this test's byte count would include); the
+    // writer holds its writes for the two calls.
+    {
+        let _hold = w.gate.lock().unwrap();
+        m.set_layout(VOL, mirror_layout(4, "s-primary")).unwrap();
+        p.set_layout(
+            VOL,
+            primary_layout(4, vec![peer("s-mirror", m_addr, false)], vec![]),
+        )
+        .unwrap();
+        w.epoch.store(4, Ordering::Relaxed);
+    }
     w.progress(300);
     let writes = w.finish();
     let mut c = Client::connect(p.data_addr, PeerRole::Backend, "b1");
@@ -353,6 +371,8 @@ fn a_failed_primary_returns_as_a_mirror_of_the_promoted_one_by_delta() {
     .unwrap();
     w.epoch.store(3, Ordering::Relaxed);
     wait_synced(&b, "s-a");
+    // Mirrors first: a copy takes a new epoch only from a layout.
+    a.set_layout(VOL, mirror_layout(4, "s-b")).unwrap();
     b.set_layout(
         VOL,
         primary_layout(4, vec![peer("s-a", a_addr, false)], vec![]),

@@ -55,6 +55,7 @@ impl FakeControl {
             mirrors: vec![],
             primary_server_id: String::new(),
             syncing: vec![],
+            attachment: 0,
         };
         tokio::task::spawn_blocking(move || primary.set_layout(VOL, layout))
             .await

@@ -8,7 +8,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use basalt_proto::wire::{
-    read_frame, write_frame, Flags, Header, Hello, HelloChallenge, Opcode, PeerRole, Status,
+    read_frame, write_frame, Flags, Header, Hello, HelloChallenge, Identity, Opcode, PeerRole,
+    Status,
 };
 use basalt_storage::testing::LocalServer;
 use common::{Client, SIZE, VOL};
@@ -59,11 +60,11 @@ fn writes_reach_the_mirror_before_they_are_acknowledged() {
 fn fencing_roles_and_bounds() {
     let (_d, primary, mirror) = pair();
     let mut c = Client::connect(primary.data_addr, PeerRole::Backend, "b1");
-    // A newer epoch is adopted; older ones are refused from then on.
-    assert_ne!(
-        c.op(Opcode::Write, 5, 0, 512, &[1; 512]),
-        Status::StaleEpoch
-    );
+    // The control service raises the epoch (mirrors first); older epochs
+    // are refused from then on.
+    mirror.raise(VOL, 5, 0).unwrap();
+    primary.raise(VOL, 5, 0).unwrap();
+    assert_eq!(c.op(Opcode::Write, 5, 0, 512, &[1; 512]), Status::Ok);
     let h = Header {
         length: 512,
         ..Header::request(Opcode::Write, 0, VOL, 4)
@@ -88,7 +89,19 @@ fn fencing_roles_and_bounds() {
         length: 512,
         ..Header::request(Opcode::Read, 0, 999, 5)
     };
-    assert_eq!(c.call(h, &[]).0.status, Status::NoSuchVolume);
+    // Not the volume this backend connection named in its handshake...
+    assert_eq!(c.call(h, &[]).0.status, Status::InvalidRequest);
+    // ...and, named, not a volume this server holds.
+    let mut other = Client::connect_as(
+        primary.data_addr,
+        Identity {
+            role: PeerRole::Backend,
+            peer_id: "b999",
+            volume_id: 999,
+            attachment: 0,
+        },
+    );
+    assert_eq!(other.call(h, &[]).0.status, Status::NoSuchVolume);
     // A backend cannot write to a mirror; a stranger cannot replicate to it.
     let mut b = Client::connect(mirror.data_addr, PeerRole::Backend, "b2");
     assert_eq!(b.op(Opcode::Write, 5, 0, 512, &[3; 512]), Status::WrongRole);
@@ -102,6 +115,138 @@ fn fencing_roles_and_bounds() {
     // Nothing of the refused writes landed on the mirror.
     assert!(!mirror.read_copy(VOL).unwrap()[..512].contains(&3));
     assert!(!mirror.read_copy(VOL).unwrap()[..512].contains(&4));
+}
+
+/// Epochs come only from the control service: a data request carrying a
+/// newer epoch (one step ahead, or u64::MAX) is answered LayoutPending and
+/// changes neither the copy's epoch nor its data, and the volume keeps
+/// serving its real backend. (Before, one such read raised the persisted
+/// epoch for good and fenced the real backend.)
+#[test]
+fn data_requests_never_raise_an_epoch() {
+    let (_d, primary, mirror) = pair();
+    let mut good = Client::connect(primary.data_addr, PeerRole::Backend, "b1");
+    assert_eq!(good.op(Opcode::Write, 1, 0, 512, &[7; 512]), Status::Ok);
+    let mut evil = Client::connect(primary.data_addr, PeerRole::Backend, "evil");
+    for epoch in [2, u64::MAX] {
+        for (op, len, payload) in [
+            (Opcode::Read, 512, &[][..]),
+            (Opcode::Write, 512, &[9; 512][..]),
+            (Opcode::Flush, 0, &[][..]),
+            (Opcode::Discard, 512, &[][..]),
+            (Opcode::WriteZeroes, 512, &[][..]),
+        ] {
+            assert_eq!(
+                evil.op(op, epoch, 0, len, payload),
+                Status::LayoutPending,
+                "{op:?} at epoch {epoch}"
+            );
+        }
+    }
+    // A replica frame from the real primary's id is no different.
+    let mut r = Client::connect(mirror.data_addr, PeerRole::Replication, "s-primary");
+    let h = Header {
+        length: 512,
+        flags: Flags(Flags::REPLICA),
+        ..Header::request(Opcode::Write, 0, VOL, u64::MAX)
+    };
+    assert_eq!(r.call(h, &[9; 512]).0.status, Status::LayoutPending);
+    for s in [&primary, &mirror] {
+        assert_eq!(s.epoch(VOL), Some(1));
+        assert_eq!(s.copy(VOL).unwrap().meta().epoch, 1, "persisted epoch");
+        assert_eq!(&s.read_copy(VOL).unwrap()[..512], &[7; 512][..]);
+    }
+    // The real backend is still served.
+    assert_eq!(good.op(Opcode::Write, 1, 512, 512, &[8; 512]), Status::Ok);
+    assert_eq!(good.read(1, 0, 1024).1[512..], [8; 512]);
+    assert_eq!(good.op(Opcode::Flush, 1, 0, 0, &[]), Status::Ok);
+}
+
+/// One writer per volume: a backend whose attachment was superseded gets
+/// Fenced on every request, on the primary and on a promoted mirror, and
+/// lands nothing; a backend of the new attachment is served; a backend
+/// connection addresses only the volume its handshake named.
+#[test]
+fn superseded_attachments_are_fenced() {
+    let (_d, primary, mirror) = pair();
+    let backend = |addr, id, attachment| {
+        Client::connect_as(
+            addr,
+            Identity {
+                role: PeerRole::Backend,
+                peer_id: id,
+                volume_id: VOL,
+                attachment,
+            },
+        )
+    };
+    mirror.raise(VOL, 1, 1).unwrap();
+    primary.raise(VOL, 1, 1).unwrap();
+    let mut old = backend(primary.data_addr, "node1", 1);
+    assert_eq!(old.op(Opcode::Write, 1, 0, 512, &[1; 512]), Status::Ok);
+    // Forced attach elsewhere: attachment 2 (with epoch 2), mirrors first.
+    mirror.raise(VOL, 2, 2).unwrap();
+    primary.raise(VOL, 2, 2).unwrap();
+    let mut new = backend(primary.data_addr, "node2", 2);
+    assert_eq!(new.op(Opcode::Write, 2, 0, 512, &[2; 512]), Status::Ok);
+    // The old backend, even with the current epoch (learnt somehow).
+    for epoch in [1, 2] {
+        for (op, len, payload) in [
+            (Opcode::Write, 512, &[6; 512][..]),
+            (Opcode::Read, 512, &[][..]),
+            (Opcode::Flush, 0, &[][..]),
+            (Opcode::Discard, 512, &[][..]),
+        ] {
+            let s = old.op(op, epoch, 0, len, payload);
+            let want = if epoch == 1 {
+                Status::StaleEpoch
+            } else {
+                Status::Fenced
+            };
+            assert_eq!(s, want, "{op:?} at epoch {epoch}");
+        }
+    }
+    // A fresh connection of the old attachment fares no better.
+    let mut again = backend(primary.data_addr, "node1", 1);
+    assert_eq!(
+        again.op(Opcode::Write, 2, 0, 512, &[6; 512]),
+        Status::Fenced
+    );
+    // An attachment the copy has not been told of yet: retry later.
+    let mut ahead = backend(primary.data_addr, "node3", 3);
+    assert_eq!(
+        ahead.op(Opcode::Read, 2, 0, 512, &[]),
+        Status::LayoutPending
+    );
+    // Another volume than the handshake named.
+    let h = Header {
+        length: 512,
+        ..Header::request(Opcode::Read, 0, VOL + 1, 2)
+    };
+    assert_eq!(new.call(h, &[]).0.status, Status::InvalidRequest);
+    assert_eq!(&primary.read_copy(VOL).unwrap()[..512], &[2; 512][..]);
+    assert_eq!(&mirror.read_copy(VOL).unwrap()[..512], &[2; 512][..]);
+    // The mirror, promoted, fences the old attachment too.
+    mirror
+        .set_layout(
+            VOL,
+            basalt_storage::store::Layout {
+                role: basalt_storage::meta::Role::Primary,
+                epoch: 3,
+                mirrors: vec![],
+                primary_server_id: String::new(),
+                syncing: vec![],
+                attachment: 2,
+            },
+        )
+        .unwrap();
+    let mut old_on_mirror = backend(mirror.data_addr, "node1", 1);
+    assert_eq!(
+        old_on_mirror.op(Opcode::Write, 3, 0, 512, &[6; 512]),
+        Status::Fenced
+    );
+    let mut new_on_mirror = backend(mirror.data_addr, "node2", 2);
+    assert_eq!(new_on_mirror.read(3, 0, 512), (Status::Ok, vec![2; 512]));
 }
 
 #[test]
@@ -154,7 +299,13 @@ fn hostile_frames_close_the_connection_and_change_nothing() {
     let h = read_frame(&mut raw, &mut buf).unwrap();
     assert_eq!(h.opcode, Opcode::Hello);
     let ch = HelloChallenge::decode(&buf).unwrap();
-    let body = Hello::new(b"wrong-key", &ch, PeerRole::Backend, "x").encode();
+    let who = Identity {
+        role: PeerRole::Backend,
+        peer_id: "x",
+        volume_id: VOL,
+        attachment: 0,
+    };
+    let body = Hello::new(b"wrong-key", &ch, who).encode();
     write_frame(
         &mut raw,
         &Header::request(Opcode::Hello, 0, 0, 0).with_payload(&body),
@@ -236,4 +387,41 @@ fn a_new_mirror_is_filled_while_writes_continue() {
         "the new mirror differs from the primary"
     );
     println!("full copy with {writes} concurrent writes: three copies identical");
+}
+
+/// A write or discard far past the end of the volume, sent while the
+/// primary keeps a dirty-region map for an absent mirror, is refused before
+/// anything is marked. (Before, the map grew to cover the offset: an
+/// allocation of exabytes that aborted the process, so any backend could
+/// take down every server holding a copy in turn.)
+#[test]
+fn a_range_past_the_end_marks_nothing() {
+    let (_d, primary, _mirror) = pair();
+    // The mirror leaves the in-sync set: the primary now tracks it.
+    primary.set_primary_layout(VOL, &[], &[]).unwrap();
+    assert_eq!(
+        primary.copy(VOL).unwrap().dirty.tracking(),
+        vec!["s-mirror"]
+    );
+    let mut c = Client::connect(primary.data_addr, PeerRole::Backend, "evil");
+    for offset in [1u64 << 62, u64::MAX - 511, SIZE] {
+        assert_eq!(
+            c.op(Opcode::Write, 1, offset, 512, &[1; 512]),
+            Status::OutOfRange
+        );
+        assert_eq!(
+            c.op(Opcode::Discard, 1, offset, 1 << 30, &[]),
+            Status::OutOfRange
+        );
+        assert_eq!(
+            c.op(Opcode::WriteZeroes, 1, offset, 512, &[]),
+            Status::OutOfRange
+        );
+    }
+    // Nothing was marked, and the volume is still served.
+    let copy = primary.copy(VOL).unwrap();
+    let map = copy.dirty.take("s-mirror").unwrap();
+    assert!(map.is_empty(), "a refused request marked the map");
+    assert_eq!(c.op(Opcode::Write, 1, 0, 512, &[2; 512]), Status::Ok);
+    assert_eq!(c.read(1, 0, 512), (Status::Ok, vec![2; 512]));
 }

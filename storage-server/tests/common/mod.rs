@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use basalt_proto::wire::{
-    read_frame, write_frame, Header, Hello, HelloChallenge, Opcode, PeerRole, Status,
+    read_frame, write_frame, Header, Hello, HelloChallenge, Identity, Opcode, PeerRole, Status,
 };
 
 pub const VOL: u64 = 11;
@@ -18,14 +18,28 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects as `role`; a backend serves volume [`VOL`] with attachment 0.
     pub fn connect(addr: SocketAddr, role: PeerRole, id: &str) -> Client {
+        let volume_id = if role == PeerRole::Backend { VOL } else { 0 };
+        Self::connect_as(
+            addr,
+            Identity {
+                role,
+                peer_id: id,
+                volume_id,
+                attachment: 0,
+            },
+        )
+    }
+
+    pub fn connect_as(addr: SocketAddr, who: Identity<'_>) -> Client {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_nodelay(true).unwrap();
         let mut buf = Vec::new();
         let h = read_frame(&mut s, &mut buf).unwrap();
         assert_eq!(h.opcode, Opcode::Hello);
         let ch = HelloChallenge::decode(&buf).unwrap();
-        let body = Hello::new(b"", &ch, role, id).encode();
+        let body = Hello::new(b"", &ch, who).encode();
         write_frame(
             &mut s,
             &Header::request(Opcode::Hello, 0, 0, 0).with_payload(&body),
