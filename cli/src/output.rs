@@ -25,6 +25,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
             "socket_path": a.socket_path,
             "qemu_args": a.qemu_args,
             "cloud_hypervisor_args": a.cloud_hypervisor_args,
+            "generation": a.generation,
         })),
     })
 }

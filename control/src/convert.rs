@@ -45,6 +45,7 @@ impl Control {
                 socket_path: a.socket_path.clone(),
                 qemu_args: a.qemu_args.clone(),
                 cloud_hypervisor_args: a.cloud_hypervisor_args.clone(),
+                generation: a.generation,
             }),
             copies: v.copies.len() as u32,
             created_at: v.created_at,

@@ -121,7 +121,7 @@ impl Control {
     }
 
     /// Steps 2 and 3: push the persisted layout, tell the backend.
-    async fn push_pending(&self, mut v: VolumeRecord) -> Result<VolumeRecord> {
+    pub(crate) async fn push_pending(&self, mut v: VolumeRecord) -> Result<VolumeRecord> {
         self.push_layout(&v).await?;
         basalt_failpoint::hit_async("failover.after_push").await;
         if let Err(e) = self.repoint_backend(&v).await {
@@ -214,6 +214,7 @@ impl Control {
             volume_id: v.id,
             primary_address: primary.data_address,
             epoch: v.epoch,
+            attachment: a.generation,
         };
         cl.update_layout(req)
             .await

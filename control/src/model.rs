@@ -38,6 +38,11 @@ pub struct AttachmentRecord {
     pub qemu_args: Vec<String>,
     #[serde(default)]
     pub cloud_hypervisor_args: Vec<String>,
+    /// This attachment's identity: the volume's `attach_gen` when it was
+    /// made. Its backend states it to storage servers and to the control
+    /// service; once superseded, both refuse it.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +81,11 @@ pub struct VolumeRecord {
     /// a delta resync instead of a new copy being filled from scratch.
     #[serde(default)]
     pub dropped: Vec<DroppedCopy>,
+    /// Attachment generation, raised by every attach, forced attach and
+    /// detach, persisted before it is pushed to the copies (one writer per
+    /// volume: a copy refuses backends of an older generation).
+    #[serde(default)]
+    pub attach_gen: u64,
 }
 
 /// A copy dropped from a volume's layout by a failover.

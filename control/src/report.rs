@@ -45,6 +45,15 @@ impl Control {
             .ok_or_else(|| {
                 ControlError::NotFound(format!("volume {} does not exist", r.volume_id))
             })?;
+        // One writer per volume: a backend of a superseded attachment gets
+        // no layout, only the order to stop.
+        if r.attachment != 0 && v.attachment.as_ref().map(|a| a.generation) != Some(r.attachment) {
+            tracing::warn!(volume = v.id, reporter = %r.reporter, attachment = r.attachment, current = v.attach_gen, "report from a backend of a superseded attachment: fenced");
+            return Ok(pb::ReportUnreachableResponse {
+                outcome: pb::ReportOutcome::Fenced as i32,
+                ..Default::default()
+            });
+        }
         if r.epoch > v.epoch {
             return Err(ControlError::Invalid(format!(
                 "epoch {} is newer than volume {}'s epoch {}: only the control service issues epochs",
@@ -73,6 +82,10 @@ impl Control {
             )));
         }
         let server = v.copies[pos].server_id.clone();
+        if pos == 0 && r.attachment == 0 {
+            // Only the attached backend talks to the primary.
+            return self.answer(&v, pb::ReportOutcome::Current);
+        }
         if pos == 0 {
             let s = self.registry.server(&*self.store, &server)?;
             if let Err(why) = self.probe(&s).await {

@@ -147,6 +147,7 @@ impl Control {
             replicas: copies,
             layout_pending: false,
             dropped: vec![],
+            attach_gen: 0,
         };
         self.save(&v)?;
         tracing::info!(volume = v.id, name = %v.name, size = v.size_bytes, copies = ?v.copies, "creating volume");
@@ -201,6 +202,7 @@ impl Control {
                 mirrors,
                 primary_server_id: String::new(),
                 syncing,
+                attachment: v.attach_gen,
             })
         } else {
             Ok(spb::CopyLayout {
@@ -209,6 +211,7 @@ impl Control {
                 mirrors: vec![],
                 primary_server_id: v.primary().to_owned(),
                 syncing: vec![],
+                attachment: v.attach_gen,
             })
         }
     }
@@ -328,10 +331,12 @@ impl Control {
                     v.id, a.node_id
                 )));
             }
-            // Fence: a new epoch, persisted first, then pushed to every copy,
-            // so the old backend's requests are refused from now on.
+            // Fence: a new epoch and attachment generation, persisted first,
+            // then pushed to every copy, so the old backend's requests are
+            // refused from now on, whatever layout it learns later.
             let old_node = a.node_id.clone();
             v.epoch += 1;
+            v.attach_gen += 1;
             v.attachment = None;
             // The fenced backend may have held writes only an old primary
             // saw: such a copy may not rejoin by delta.
@@ -350,6 +355,7 @@ impl Control {
                 tracing::warn!(volume = v.id, node = %old_node, "could not stop the fenced backend: {e}");
             }
         }
+        v.attach_gen += 1;
         v.attachment = Some(AttachmentRecord {
             node_id: r.node_id,
             read_only: r.read_only,
@@ -357,13 +363,18 @@ impl Control {
             socket_path: String::new(),
             qemu_args: vec![],
             cloud_hypervisor_args: vec![],
+            generation: v.attach_gen,
         });
         self.save(&v)?;
         self.finish_attach(v).await
     }
 
+    /// Pushes the persisted layout to every copy: mirrors first, then the
+    /// primary. A copy takes a new epoch only from a layout (never from a
+    /// data request), so a mirror must hold the new epoch before the
+    /// primary forwards writes carrying it.
     pub(crate) async fn push_layout(&self, v: &VolumeRecord) -> Result<()> {
-        for c in &v.copies {
+        for c in v.copies.iter().skip(1).chain(v.copies.first()) {
             let s = self.registry.server(&*self.store, &c.server_id)?;
             let mut cl = self.clients.storage(&s.server_id, &s.admin_address).await?;
             let req = spb::SetLayoutRequest {
@@ -382,6 +393,8 @@ impl Control {
             return Ok(v);
         };
         let result = async {
+            // Every copy learns the new attachment before its backend exists.
+            self.push_layout(&v).await?;
             let node = self.registry.node(&*self.store, &a.node_id)?;
             let primary = self.registry.server(&*self.store, v.primary())?;
             let mut cl = self.clients.node(&node.node_id, &node.address).await?;
@@ -392,6 +405,7 @@ impl Control {
                 epoch: v.epoch,
                 read_only: a.read_only,
                 queues: BACKEND_QUEUES,
+                attachment: a.generation,
             };
             cl.attach(req)
                 .await
@@ -454,10 +468,23 @@ impl Control {
             return Ok(v);
         };
         self.detach_from_node(v.id, &a.node_id).await?;
+        // The detached attachment is superseded: its backend (if it somehow
+        // survived) is refused by every copy once the layout is pushed.
         v.attachment = None;
+        v.attach_gen += 1;
+        v.layout_pending = true;
         self.save(&v)?;
         tracing::info!(volume = v.id, "detached");
-        Ok(v)
+        match self.push_pending(v.clone()).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                tracing::warn!(
+                    volume = v.id,
+                    "detach: layout not pushed yet, retried in the background: {e}"
+                );
+                Ok(v)
+            }
+        }
     }
 
     pub async fn resize(&self, r: pb::ResizeVolumeRequest) -> Result<VolumeRecord> {
