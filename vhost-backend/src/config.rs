@@ -34,6 +34,10 @@ pub struct Args {
     /// Layout epoch of the volume (from the control service).
     #[arg(long, default_value_t = 1)]
     pub epoch: u64,
+    /// Attachment generation issued by the control service when it attached
+    /// the volume; stated to storage servers, which refuse a superseded one.
+    #[arg(long, default_value_t = 0)]
+    pub attachment: u64,
     /// Number of virtqueues (1..=16); each gets its own thread and connection.
     #[arg(long, default_value_t = 2)]
     pub queues: u16,
@@ -93,6 +97,7 @@ pub struct Config {
     pub size_bytes: u64,
     pub primary: String,
     pub epoch: u64,
+    pub attachment: u64,
     pub queues: u16,
     pub queue_size: u16,
     pub read_only: bool,
@@ -202,6 +207,7 @@ impl TryFrom<Args> for Config {
             size_bytes: a.size_bytes,
             primary: a.primary,
             epoch: a.epoch,
+            attachment: a.attachment,
             queues: a.queues,
             queue_size: a.queue_size,
             read_only: a.read_only,

@@ -29,6 +29,8 @@ pub enum Reported {
     /// Nothing changed (no control service, it is unreachable, or it can
     /// reach the primary): retry after the usual pause.
     Unchanged,
+    /// This backend's attachment was superseded: it is fenced for good.
+    Fenced,
 }
 
 struct Client {
@@ -45,6 +47,7 @@ struct State {
 pub struct Failover {
     url: Option<String>,
     volume_id: u64,
+    attachment: u64,
     reporter: String,
     layout: Arc<Layout>,
     /// Timeout of one call (the control service probes the primary within it).
@@ -64,6 +67,7 @@ impl Failover {
     pub fn new(
         url: Option<String>,
         volume_id: u64,
+        attachment: u64,
         reporter: String,
         layout: Arc<Layout>,
         timeout: Duration,
@@ -71,6 +75,7 @@ impl Failover {
         Failover {
             url,
             volume_id,
+            attachment,
             reporter,
             layout,
             timeout,
@@ -97,6 +102,9 @@ impl Failover {
             return Reported::Unchanged;
         }
         let mut st = lock(&self.state);
+        if self.layout.is_fenced() {
+            return Reported::Fenced;
+        }
         // Another queue may have got a new layout while we waited.
         if self.layout.snapshot() != *seen {
             return Reported::Changed;
@@ -116,6 +124,7 @@ impl Failover {
                 String::new()
             },
             reporter: self.reporter.clone(),
+            attachment: self.attachment,
         };
         let started = Instant::now();
         let answer = match self.call(&mut st, req) {
@@ -132,6 +141,16 @@ impl Failover {
         };
         let outcome = pb::ReportOutcome::try_from(answer.outcome).unwrap_or_default();
         tracing::info!(queue, ?outcome, primary = %answer.primary_address, epoch = answer.epoch, took_ms = started.elapsed().as_millis() as u64, "control service answered");
+        if outcome == pb::ReportOutcome::Fenced {
+            if self.layout.fence() {
+                tracing::error!(
+                    attachment = self.attachment,
+                    "the control service says this attachment was superseded (the volume was \
+                     attached elsewhere with force, or detached): failing every request from now on"
+                );
+            }
+            return Reported::Fenced;
+        }
         if answer.primary_address.is_empty() {
             return Reported::Unchanged;
         }
@@ -144,6 +163,7 @@ impl Failover {
         }
         match self.layout.update(fresh.primary, fresh.epoch) {
             Ok(()) => Reported::Changed,
+            Err(crate::layout::LayoutError::Fenced) => Reported::Fenced,
             // A newer layout arrived meanwhile (node manager push).
             Err(_) => Reported::Changed,
         }

@@ -5,7 +5,7 @@
 //! client (`failover.rs`) or by the node manager through the control socket;
 //! queues pick the new primary and epoch up at their next reconnect.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 /// The part of a volume's layout a backend needs.
@@ -23,6 +23,8 @@ pub enum LayoutError {
         "refusing to move epoch back from {current} to {requested}: layouts only move forward"
     )]
     EpochRegression { current: u64, requested: u64 },
+    #[error("this backend's attachment was superseded (the volume was attached elsewhere or detached): it takes no layout any more")]
+    Fenced,
 }
 
 /// Shared, per-volume layout.
@@ -30,6 +32,9 @@ pub enum LayoutError {
 pub struct Layout {
     inner: RwLock<LayoutSnapshot>,
     epoch: AtomicU64,
+    /// This backend's attachment was superseded (forced attach elsewhere, or
+    /// detach): for good, whatever it learns later.
+    fenced: AtomicBool,
 }
 
 impl Layout {
@@ -37,7 +42,19 @@ impl Layout {
         Layout {
             inner: RwLock::new(LayoutSnapshot { primary, epoch }),
             epoch: AtomicU64::new(epoch),
+            fenced: AtomicBool::new(false),
         }
+    }
+
+    /// Marks this backend fenced: every request in flight and every later
+    /// one fails (the guest sees I/O errors); nothing is sent again.
+    /// Returns whether it was not fenced before.
+    pub fn fence(&self) -> bool {
+        !self.fenced.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// The current layout (taken at connect time).
@@ -60,6 +77,9 @@ impl Layout {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if self.is_fenced() {
+            return Err(LayoutError::Fenced);
+        }
         if epoch < g.epoch {
             return Err(LayoutError::EpochRegression {
                 current: g.epoch,
@@ -91,6 +111,10 @@ mod tests {
         assert!(l.update("c:3".into(), 2).is_err());
         assert_eq!(l.epoch(), 4);
         l.update("c:3".into(), 4).unwrap();
+        assert_eq!(l.snapshot().primary, "c:3");
+        assert!(l.fence());
+        assert!(!l.fence());
+        assert_eq!(l.update("d:4".into(), 9), Err(LayoutError::Fenced));
         assert_eq!(l.snapshot().primary, "c:3");
     }
 }

@@ -5,7 +5,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use basalt_proto::wire::{
-    read_frame, write_frame, Header, Hello, HelloChallenge, Opcode, PeerRole, Status,
+    read_frame, write_frame, Header, Hello, HelloChallenge, Identity, Opcode, PeerRole, Status,
 };
 
 /// Who we are and how long one attempt may take.
@@ -14,6 +14,8 @@ pub struct ConnectParams {
     pub backend_id: String,
     pub cluster_key: Vec<u8>,
     pub volume_id: u64,
+    /// Attachment generation stated in the handshake.
+    pub attachment: u64,
     pub timeout: Duration,
 }
 
@@ -86,7 +88,13 @@ fn handshake(
         return Err(proto("expected a challenge"));
     }
     let challenge = HelloChallenge::decode(&buf).map_err(|_| proto("malformed challenge"))?;
-    let body = Hello::new(&p.cluster_key, &challenge, PeerRole::Backend, &p.backend_id).encode();
+    let who = Identity {
+        role: PeerRole::Backend,
+        peer_id: &p.backend_id,
+        volume_id: p.volume_id,
+        attachment: p.attachment,
+    };
+    let body = Hello::new(&p.cluster_key, &challenge, who).encode();
     let h = Header::request(Opcode::Hello, 0, p.volume_id, epoch).with_payload(&body);
     write_frame(&mut s, &h, &[&body]).map_err(hs)?;
     let r = read_frame(&mut s, &mut buf).map_err(hs)?;

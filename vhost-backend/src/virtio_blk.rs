@@ -16,12 +16,19 @@ pub const STATUS_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 /// Logical block size presented to the guest.
 pub const BLK_SIZE: u32 = 512;
 /// Largest single data segment the driver should use (`size_max`).
-pub const SIZE_MAX: u32 = 1 << 20;
+pub const SIZE_MAX: u32 = 64 << 10;
 /// Cap on `seg_max`, so that `seg_max * size_max` stays within [`MAX_REQUEST_BYTES`].
 pub const SEG_MAX_CAP: u32 = 254;
-/// Largest data transfer of one request we accept (64 wire requests of
-/// [`MAX_PAYLOAD`]); the driver is told at most `seg_max * size_max` below it.
-pub const MAX_REQUEST_BYTES: u64 = 64 * MAX_PAYLOAD as u64;
+/// Largest data transfer of one request we accept (4 wire requests of
+/// [`MAX_PAYLOAD`]): a request's frames are staged whole in the queue's send
+/// buffer, so this bounds that buffer. The driver is told at most
+/// `seg_max * size_max` below it (Linux sends at most `max_sectors_kb`,
+/// 1280 KiB by default).
+pub const MAX_REQUEST_BYTES: u64 = 4 * MAX_PAYLOAD as u64;
+/// Most descriptors one chain may have: a header, `seg_max` data buffers and
+/// a status byte. Longer chains (an indirect table may hold 65535) are
+/// refused without being stored.
+pub const MAX_DESCRIPTORS: usize = SEG_MAX_CAP as usize + 2;
 /// Largest discard / write-zeroes range of one request, in sectors (1 GiB).
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
 /// Discard / write-zeroes ranges are sent to the primary in pieces of this size.

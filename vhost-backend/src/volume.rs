@@ -30,6 +30,7 @@ impl Volume {
             backend_id: config.backend_id.clone(),
             cluster_key: config.cluster_key.clone(),
             volume_id: config.volume_id,
+            attachment: config.attachment,
             timeout: config.connect_timeout,
         };
         let layout = Arc::new(Layout::new(config.primary.clone(), config.epoch));
@@ -38,6 +39,7 @@ impl Volume {
             failover: Failover::new(
                 config.control.clone(),
                 config.volume_id,
+                config.attachment,
                 config.backend_id.clone(),
                 layout.clone(),
                 config.control_timeout,

@@ -162,7 +162,9 @@ fn stale_epoch_is_never_acknowledged_and_waits_for_a_new_layout() -> anyhow::Res
     storage.create_primary(opts.volume_id, opts.size)?;
     let primary = storage.data_addr.to_string();
 
-    // A backend at epoch 2 writes: the copy now refuses epoch 1.
+    // The control service moves the copy to epoch 2 and a backend at epoch
+    // 2 writes: the copy now refuses epoch 1.
+    storage.raise(opts.volume_id, 2, 0)?;
     let mut newer = common::args(&dir.path().join("new.sock"), &primary, &opts);
     newer.epoch = 2;
     let config = basalt_vhost_backend::Config::try_from(newer)?;
@@ -260,6 +262,9 @@ fn a_hung_primary_is_reported_and_the_new_layout_is_used() -> anyhow::Result<()>
         ..Opts::default()
     };
     storage.create_primary(opts.volume_id, opts.size)?;
+    // The control service pushes the promoted copy's layout before it
+    // answers the report.
+    storage.raise(opts.volume_id, 2, 0)?;
 
     let backend = Backend::start(dir.path().join("vhost.sock"), &hung_addr, &opts)?;
     let mut blk = Blk::connect(&backend.socket, 2, MIB)?;
@@ -284,5 +289,62 @@ fn a_hung_primary_is_reported_and_the_new_layout_is_used() -> anyhow::Result<()>
         "the write landed on the new primary"
     );
     assert_eq!(backend.stats.total().errors, 0);
+    Ok(())
+}
+
+/// One writer per volume: once the copy knows a newer attachment (a forced
+/// attach elsewhere), this backend's requests are refused as Fenced; it
+/// fails them (the guest sees EIO) instead of retrying, fails every later
+/// one at once, and takes no layout any more. Nothing it sent lands.
+#[test]
+fn a_superseded_attachment_fails_every_request_and_writes_nothing() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let sdir = dir.path().join("s");
+    std::fs::create_dir_all(&sdir)?;
+    let opts = Opts {
+        size: 8 << 20,
+        queues: 1,
+        attachment: 1,
+        ..Opts::default()
+    };
+    let storage = LocalServer::start(&sdir, "s1")?;
+    storage.create_primary(opts.volume_id, opts.size)?;
+    storage.raise(opts.volume_id, 1, 1)?;
+    let primary = storage.data_addr.to_string();
+    let old = Backend::start(dir.path().join("old.sock"), &primary, &opts)?;
+    let mut blk = Blk::connect(&old.socket, 1, MIB)?;
+    blk.mem()[..4096].fill(1);
+    blk.write(0, 0, 0, 4096, 1);
+    blk.wait_ok(0, 1)?;
+
+    // Attached elsewhere with force: attachment 2, same epoch.
+    storage.raise(opts.volume_id, 1, 2)?;
+    blk.mem()[..4096].fill(6);
+    blk.write(0, 0, 0, 4096, 2);
+    let done = blk.wait(0, 1)?;
+    assert_eq!(done.len(), 1);
+    assert_ne!(
+        done[0].1, 0,
+        "a fenced write must fail, not hang or succeed"
+    );
+    assert!(old.layout.is_fenced());
+    // Later requests fail at once, reads included; a new layout is refused.
+    assert!(old.layout.update(primary.clone(), 5).is_err());
+    blk.write(0, 4096, 0, 4096, 3);
+    blk.read(0, 0, 8192, 4096, 4);
+    for (user, ret) in blk.wait(0, 2)? {
+        assert_ne!(ret, 0, "request {user} of a fenced backend succeeded");
+    }
+    let copy = storage.read_copy(opts.volume_id)?;
+    assert!(
+        copy[..4096].iter().all(|&b| b == 1),
+        "a fenced write landed"
+    );
+    assert!(
+        copy[4096..8192].iter().all(|&b| b == 0),
+        "a fenced write landed"
+    );
+    assert!(old.stats.total().errors >= 3);
     Ok(())
 }

@@ -34,6 +34,8 @@ enum End {
     },
     /// No answer to any request in flight for this long.
     Timeout(Duration),
+    /// Our attachment was superseded: fenced for good.
+    Fenced,
 }
 
 /// What to ask the control service after a connection ended.
@@ -69,6 +71,12 @@ impl QueueEngine {
                 self.pause(self.vol.config.retry_interval);
             }
             pause = true;
+            if self.vol.layout.is_fenced() {
+                // Nothing is sent any more; whatever a worker registered
+                // meanwhile fails.
+                self.fail_inflight(&mut done);
+                continue;
+            }
             let seen = self.vol.layout.snapshot();
             let (ask, lost) = match self.establish(&seen) {
                 Err(ask) => (ask, false),
@@ -79,6 +87,10 @@ impl QueueEngine {
                     let ask = match &end {
                         End::Timeout(_) => Ask::Report,
                         End::Refused(_) | End::Stale { .. } => Ask::Refresh,
+                        End::Fenced => {
+                            self.vol.layout.fence();
+                            Ask::Nothing
+                        }
                         _ => Ask::Nothing,
                     };
                     let lost = matches!(end, End::Io(_));
@@ -91,13 +103,16 @@ impl QueueEngine {
             }
             // A lost connection is retried at once: if the primary is gone,
             // the refused reconnect reports it without waiting.
-            let changed = match ask {
-                Ask::Nothing => lost,
-                Ask::Report => self.vol.failover.report(self.index, &seen) == Reported::Changed,
-                Ask::Refresh => self.vol.failover.refresh(self.index, &seen) == Reported::Changed,
+            let reported = match ask {
+                Ask::Nothing if lost => Reported::Changed,
+                Ask::Nothing => Reported::Unchanged,
+                Ask::Report => self.vol.failover.report(self.index, &seen),
+                Ask::Refresh => self.vol.failover.refresh(self.index, &seen),
             };
-            if changed {
-                pause = false;
+            match reported {
+                Reported::Changed => pause = false,
+                Reported::Fenced => self.fail_inflight(&mut done),
+                Reported::Unchanged => {}
             }
         }
     }
@@ -150,6 +165,24 @@ impl QueueEngine {
             tracing::error!(queue = self.index, "cannot wake the queue worker: {e}");
         }
         Ok(stream)
+    }
+
+    /// Fails every request in flight (the guest sees IOERR): this backend
+    /// was fenced.
+    fn fail_inflight(&self, done: &mut Vec<Used>) {
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap<()> = &guard;
+        let mut st = lock(&self.state);
+        let slots: Vec<u16> = (0..st.inflight.capacity())
+            .filter(|&i| st.inflight.get(i).is_some())
+            .map(|i| i as u16)
+            .collect();
+        for slot in slots {
+            st.inflight.slot_mut(slot).failed = true;
+            done.push(self.finish(&mut st, slot, mem));
+        }
+        drop(st);
+        self.publish(done);
     }
 
     fn disconnect(&self) {
@@ -205,6 +238,14 @@ impl QueueEngine {
                 if let Some(n) = self.conn_log.check() {
                     tracing::warn!(queue = q, suppressed = n, "primary refused us ({status:?}): asking the control service for the current layout");
                 }
+            }
+            End::Fenced => {
+                tracing::error!(
+                    queue = q,
+                    attachment = self.vol.config.attachment,
+                    "the primary refused our attachment as superseded (the volume was attached \
+                     elsewhere with force, or detached): failing every request from now on"
+                );
             }
             End::Timeout(d) => {
                 if let Some(n) = self.conn_log.check() {
@@ -313,7 +354,10 @@ impl QueueEngine {
                     theirs: h.epoch,
                 });
             }
-            Status::WrongRole | Status::NoSuchVolume => return Err(End::Refused(h.status)),
+            Status::WrongRole | Status::NoSuchVolume | Status::LayoutPending => {
+                return Err(End::Refused(h.status))
+            }
+            Status::Fenced => return Err(End::Fenced),
             Status::MirrorUnavailable => return Err(End::Retry(h.status)),
             other => {
                 s.failed = true;

@@ -17,6 +17,9 @@ use crate::virtio_blk::{STATUS_IOERR, STATUS_OK};
 /// Frames are written once this many bytes are buffered (and at the end of
 /// every kick).
 const FLUSH_BYTES: usize = 1 << 20;
+/// A send buffer grown past this (by a large request: at most
+/// `MAX_REQUEST_BYTES` of frames) is shrunk back after it is written.
+const KEEP_BYTES: usize = 4 * FLUSH_BYTES;
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -141,6 +144,13 @@ impl QueueEngine {
             tx.done.push((pos, head, used));
             return;
         }
+        if vol.layout.is_fenced() {
+            let status_addr = s.req.status;
+            st.inflight.free(slot);
+            drop(st);
+            self.fail_now(tx, mem, pos, head, Some(status_addr), STATUS_IOERR);
+            return;
+        }
         s.parts = parts_of(&s.req);
         if tx.stream.is_some() {
             // Otherwise the request waits for the next connection, whose
@@ -258,5 +268,8 @@ impl QueueEngine {
             }
         }
         tx.buf.clear();
+        if tx.buf.capacity() > KEEP_BYTES {
+            tx.buf.shrink_to(FLUSH_BYTES);
+        }
     }
 }

@@ -10,6 +10,8 @@ use crate::virtio_blk::{STATUS_IOERR, STATUS_UNSUPP};
 pub enum RequestError {
     #[error("descriptor chain is empty or its head is invalid")]
     EmptyChain,
+    #[error("descriptor chain has {count} descriptors; at most {max} (seg_max + 2)")]
+    TooManyDescriptors { count: usize, max: usize },
     #[error("last descriptor (status) is not device-writable")]
     StatusNotWritable,
     #[error("status descriptor is {0} bytes, expected 1")]

@@ -13,7 +13,7 @@ use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::virtio_blk::{MAX_DISCARD_SECTORS, MAX_REQUEST_BYTES};
+use crate::virtio_blk::{MAX_DESCRIPTORS, MAX_DISCARD_SECTORS, MAX_REQUEST_BYTES};
 
 mod error;
 #[cfg(test)]
@@ -100,25 +100,47 @@ impl Request {
         self.unmap = false;
         self.data.clear();
         self.descs.clear();
-        self.descs.extend(chain.into_iter().map(|d| Desc {
-            addr: d.addr(),
-            len: d.len(),
-            write: d.is_write_only(),
-        }));
-
-        let status = self.find_status(mem).map_err(|error| Rejected {
+        // At most MAX_DESCRIPTORS are kept (so these vectors never grow past
+        // that, whatever a guest sends); the rest are only counted, and the
+        // last one is kept for the status byte.
+        let (mut count, mut last) = (0usize, None);
+        for d in chain {
+            let d = Desc {
+                addr: d.addr(),
+                len: d.len(),
+                write: d.is_write_only(),
+            };
+            if count < MAX_DESCRIPTORS {
+                self.descs.push(d);
+            }
+            count += 1;
+            last = Some(d);
+        }
+        let status = Self::find_status(last, mem).map_err(|error| Rejected {
             error,
             status: None,
         })?;
         self.status = status;
+        if count > MAX_DESCRIPTORS {
+            return Err(Rejected {
+                error: RequestError::TooManyDescriptors {
+                    count,
+                    max: MAX_DESCRIPTORS,
+                },
+                status: Some(status),
+            });
+        }
         self.parse_body(mem, limits).map_err(|error| Rejected {
             error,
             status: Some(status),
         })
     }
 
-    fn find_status<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<GuestAddress, RequestError> {
-        let last = self.descs.last().ok_or(RequestError::EmptyChain)?;
+    fn find_status<M: GuestMemory + ?Sized>(
+        last: Option<Desc>,
+        mem: &M,
+    ) -> Result<GuestAddress, RequestError> {
+        let last = last.ok_or(RequestError::EmptyChain)?;
         if !last.write {
             return Err(RequestError::StatusNotWritable);
         }

@@ -34,6 +34,8 @@ pub struct Opts {
     /// Control service URL given to the backend (`--control`).
     pub control: Option<String>,
     pub request_timeout_ms: u64,
+    /// Attachment generation (`--attachment`).
+    pub attachment: u64,
 }
 
 impl Default for Opts {
@@ -46,6 +48,7 @@ impl Default for Opts {
             read_only: false,
             control: None,
             request_timeout_ms: 5000,
+            attachment: 0,
         }
     }
 }
@@ -57,6 +60,7 @@ pub fn args(socket: &Path, primary: &str, o: &Opts) -> Args {
         size_bytes: o.size,
         primary: primary.to_owned(),
         epoch: 1,
+        attachment: o.attachment,
         queues: o.queues,
         queue_size: o.queue_size,
         read_only: o.read_only,

@@ -218,3 +218,55 @@ fn discard_segment_problems() {
     let r = parse_with(&m, &[d(HDR, 16, R), d(DATA, 16, R), d(STATUS, 1, W)], &r).1;
     assert!(matches!(rejected(r).0, RequestError::TooLarge { .. }));
 }
+
+/// An indirect table of 4000 descriptors (a real driver sends at most
+/// seg_max + 2): refused with IOERR in the status byte, and the request's
+/// vectors keep no more than MAX_DESCRIPTORS entries (before, every chain
+/// grew its slot's vectors to the chain's length, for good).
+#[test]
+fn long_chains_are_refused_without_being_stored() {
+    use crate::virtio_blk::MAX_DESCRIPTORS;
+    let m = mem();
+    header(&m, VIRTIO_BLK_T_OUT, 0);
+    const TABLE: u64 = 0x2_0000;
+    let n = 4000usize;
+    for i in 0..n {
+        let desc = match i {
+            0 => d(HDR, 16, R),
+            _ if i == n - 1 => d(STATUS, 1, W),
+            _ => d(DATA, 512, R),
+        };
+        let mut sd = SplitDescriptor::from(desc);
+        if i + 1 < n {
+            sd.set_flags(sd.flags() | virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16);
+            sd.set_next(i as u16 + 1);
+        }
+        m.write_obj(RawDescriptor::from(sd), GuestAddress(TABLE + 16 * i as u64))
+            .unwrap();
+    }
+    let vq = MockSplitQueue::new(&m, 16);
+    let head = d(
+        TABLE,
+        16 * n as u32,
+        virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16,
+    );
+    let mut req = Request::default();
+    for _ in 0..3 {
+        let chain = vq.build_desc_chain(&[head]).unwrap();
+        let (error, status) = rejected(req.parse(chain, &m, &LIMITS));
+        assert_eq!(
+            error,
+            RequestError::TooManyDescriptors {
+                count: n,
+                max: MAX_DESCRIPTORS
+            }
+        );
+        assert_eq!(error.status(), STATUS_IOERR);
+        assert_eq!(status, status_some());
+        assert!(req.descs.capacity() <= MAX_DESCRIPTORS);
+        assert!(req.data.capacity() <= MAX_DESCRIPTORS);
+    }
+    // The same request is still usable for a normal chain.
+    let (_, r) = parse(&m, &[d(HDR, 16, R), d(DATA, 512, R), d(STATUS, 1, W)]);
+    r.unwrap();
+}
