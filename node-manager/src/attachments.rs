@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::BackendSettings;
+use crate::config::{BackendSettings, Owner};
 use crate::ctl::{self, CtlError};
-use crate::params::{self, check_layout, check_size, AttachParams, ParamsError};
+use crate::params::{self, check_epoch_step, check_layout, check_size, AttachParams, ParamsError};
 use crate::process::{self, SpawnError};
 use crate::record::{self, Record, RecordError};
 use crate::supervise;
@@ -51,6 +51,20 @@ pub enum AttachError {
     Conflict { volume_id: u64, current: String },
     #[error("volume {volume_id}: {msg}")]
     Precondition { volume_id: u64, msg: String },
+    #[error("volume {volume_id}: superseded attachment {attachment}: this node holds the newer attachment {current}; the request is stale and nothing changed")]
+    Superseded {
+        volume_id: u64,
+        attachment: u64,
+        current: u64,
+    },
+    #[error("volume {volume_id}: the layout is for attachment {attachment}, but this node holds attachment {current}; nothing changed")]
+    WrongAttachment {
+        volume_id: u64,
+        attachment: u64,
+        current: u64,
+    },
+    #[error("this node already has {max} attachments (--max-attachments); detach one, or raise --max-attachments")]
+    Exhausted { max: usize },
     #[error("backend for volume {volume_id} failed to start: {source}")]
     Start { volume_id: u64, source: SpawnError },
     #[error("backend for volume {volume_id} is restarting; retry shortly")]
@@ -73,6 +87,9 @@ pub struct Status {
 /// One attached volume.
 pub struct Entry {
     pub socket: PathBuf,
+    /// Owner of the vhost-user socket (the node's `--socket-owner` when it
+    /// was attached).
+    pub owner: Option<Owner>,
     pub(crate) params: Mutex<AttachParams>,
     pub(crate) status: Mutex<Status>,
     /// Set by detach: the supervisor stops restarting and ends.
@@ -99,6 +116,7 @@ impl Entry {
         Record {
             params: self.params(),
             socket: self.socket.clone(),
+            socket_owner: Some(self.owner),
             pid: s.pid,
             start_time: s.start_time,
             restarts: s.restarts,
@@ -131,7 +149,20 @@ pub struct Counters {
 pub struct Attachments {
     pub(crate) settings: BackendSettings,
     entries: Mutex<HashMap<u64, Arc<Entry>>>,
+    /// Attaches of volumes not yet in `entries` that hold a slot (lock
+    /// after `entries`).
+    starting: Mutex<usize>,
     locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// One of the `--max-attachments` places, held by an attach until its
+/// entry is installed (or it fails).
+struct Slot<'a>(&'a Mutex<usize>);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) -= 1;
+    }
 }
 
 impl Attachments {
@@ -139,8 +170,22 @@ impl Attachments {
         Arc::new(Attachments {
             settings,
             entries: Mutex::new(HashMap::new()),
+            starting: Mutex::new(0),
             locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A place for `volume_id`: refused when the node is full, unless the
+    /// volume is attached already (a replacement takes no extra place).
+    fn reserve(&self, volume_id: u64) -> Result<Slot<'_>, AttachError> {
+        let entries = lock(&self.entries);
+        let mut starting = lock(&self.starting);
+        let max = self.settings.max_attachments;
+        if !entries.contains_key(&volume_id) && entries.len() + *starting >= max {
+            return Err(AttachError::Exhausted { max });
+        }
+        *starting += 1;
+        Ok(Slot(&self.starting))
     }
 
     fn volume_lock(&self, id: u64) -> Arc<tokio::sync::Mutex<()>> {
@@ -179,59 +224,111 @@ impl Attachments {
         record::save(&self.settings.state_dir, &e.record())
     }
 
-    /// Attaches a volume (idempotent for the same parameters).
+    /// Attaches a volume. The same parameters and attachment again return
+    /// the existing attachment; a higher attachment replaces it (the old
+    /// backend is stopped, a new one started); a lower one is refused.
     pub async fn attach(self: &Arc<Self>, p: AttachParams) -> Result<Info, AttachError> {
         let p = p.validated()?;
-        let vl = self.volume_lock(p.volume_id);
+        let id = p.volume_id;
+        let vl = self.volume_lock(id);
         let _g = vl.lock().await;
-        if let Ok(e) = self.entry(p.volume_id) {
+        let old = self.entry(id).ok();
+        if let Some(e) = &old {
             let cur = e.params();
-            if cur == p {
-                return Ok(Self::info(&e));
+            if p.attachment < cur.attachment {
+                return Err(AttachError::Superseded {
+                    volume_id: id,
+                    attachment: p.attachment,
+                    current: cur.attachment,
+                });
             }
-            return Err(AttachError::Conflict {
-                volume_id: p.volume_id,
-                current: format!(
-                    "size {} primary {} epoch {} read_only {} queues {}",
-                    cur.size_bytes, cur.primary, cur.epoch, cur.read_only, cur.queues
-                ),
-            });
+            if p.attachment == cur.attachment {
+                if cur == p {
+                    return Ok(Self::info(e));
+                }
+                return Err(AttachError::Conflict {
+                    volume_id: id,
+                    current: format!(
+                        "size {} primary {} epoch {} read_only {} queues {} attachment {}",
+                        cur.size_bytes,
+                        cur.primary,
+                        cur.epoch,
+                        cur.read_only,
+                        cur.queues,
+                        cur.attachment
+                    ),
+                });
+            }
+            if p.epoch < cur.epoch {
+                return Err(AttachError::Precondition {
+                    volume_id: id,
+                    msg: format!(
+                        "attachment {} comes with epoch {}, older than the current {}; layouts only move forward",
+                        p.attachment, p.epoch, cur.epoch
+                    ),
+                });
+            }
         }
+        let slot = self.reserve(id)?;
         let s = &self.settings;
-        let start_err = |source| AttachError::Start {
-            volume_id: p.volume_id,
-            source,
-        };
-        process::prepare_dir(&s.run_dir, s.socket_owner).map_err(start_err)?;
-        let socket = params::socket_path(&s.run_dir, p.volume_id);
-        let started = process::start(&p, &socket, s).await.map_err(start_err)?;
-        let secured = process::secure_socket(&socket, s.socket_owner);
         let entry = Arc::new(Entry {
-            socket,
+            socket: params::socket_path(&s.run_dir, id),
+            owner: s.socket_owner,
             params: Mutex::new(p.clone()),
             status: Mutex::new(Status {
-                pid: started.pid,
-                start_time: started.start_time,
+                pid: 0,
+                start_time: 0,
                 restarts: 0,
-                state: State::Running,
+                state: State::Restarting,
             }),
             stopping: AtomicBool::new(false),
             stop_notify: Notify::new(),
             supervisor: Mutex::new(None),
         });
-        let saved = self.save(&entry);
-        if let Err(e) = secured
-            .map_err(start_err)
-            .and(saved.map_err(AttachError::from))
+        if let Some(old) = old {
+            // Recorded first: after a crash from here on, recovery starts
+            // the new attachment, never the superseded one (whose backend,
+            // if still running then, no record names and is stopped).
+            self.save(&entry)?;
+            tracing::info!(
+                volume = id,
+                old = old.params().attachment,
+                new = p.attachment,
+                "newer attachment: replacing the backend"
+            );
+            self.stop(&old).await;
+            if old.socket != entry.socket {
+                // A socket of the older layout, directly in the run directory.
+                process::remove_sockets(id, &old.socket, s);
+            }
+            lock(&self.entries).remove(&id);
+        }
+        let started = match process::start(&p, &entry.socket, entry.owner, s).await {
+            Ok(st) => st,
+            Err(source) => {
+                self.cleanup_files(&entry, id);
+                return Err(AttachError::Start {
+                    volume_id: id,
+                    source,
+                });
+            }
+        };
         {
+            let mut st = lock(&entry.status);
+            st.pid = started.pid;
+            st.start_time = started.start_time;
+            st.state = State::Running;
+        }
+        if let Err(e) = self.save(&entry) {
             process::signal(started.pid, started.start_time, libc::SIGKILL);
             let mut w = started.waiter;
             w.wait().await;
-            self.cleanup_files(&entry, p.volume_id);
-            return Err(e);
+            self.cleanup_files(&entry, id);
+            return Err(e.into());
         }
-        tracing::info!(volume = p.volume_id, pid = started.pid, socket = %entry.socket.display(), "attached");
+        tracing::info!(volume = id, attachment = p.attachment, pid = started.pid, socket = %entry.socket.display(), "attached");
         self.install(entry.clone(), started.waiter);
+        drop(slot);
         Ok(Self::info(&entry))
     }
 
@@ -243,22 +340,16 @@ impl Attachments {
     }
 
     fn cleanup_files(&self, e: &Entry, volume_id: u64) {
-        let _ = std::fs::remove_file(&e.socket);
-        let _ = std::fs::remove_file(e.control_path());
+        process::remove_sockets(volume_id, &e.socket, &self.settings);
         if let Err(err) = record::remove(&self.settings.state_dir, volume_id) {
             tracing::error!("{err}");
         }
     }
 
-    /// Stops the backend after its in-flight requests complete (SIGTERM;
-    /// SIGKILL after the stop timeout) and forgets the attachment.
-    /// Detaching a volume that is not attached succeeds.
-    pub async fn detach(&self, volume_id: u64) -> Result<(), AttachError> {
-        let vl = self.volume_lock(volume_id);
-        let _g = vl.lock().await;
-        let Ok(e) = self.entry(volume_id) else {
-            return Ok(());
-        };
+    /// Stops an entry's backend and its supervisor: SIGTERM (the backend
+    /// completes what is in flight), SIGKILL after the stop timeout.
+    async fn stop(&self, e: &Entry) {
+        let volume_id = e.params().volume_id;
         let target = {
             let st = lock(&e.status);
             e.stopping.store(true, Ordering::SeqCst);
@@ -289,6 +380,18 @@ impl Attachments {
                 }
             }
         }
+    }
+
+    /// Stops the backend after its in-flight requests complete (SIGTERM;
+    /// SIGKILL after the stop timeout) and forgets the attachment.
+    /// Detaching a volume that is not attached succeeds.
+    pub async fn detach(&self, volume_id: u64) -> Result<(), AttachError> {
+        let vl = self.volume_lock(volume_id);
+        let _g = vl.lock().await;
+        let Ok(e) = self.entry(volume_id) else {
+            return Ok(());
+        };
+        self.stop(&e).await;
         self.cleanup_files(&e, volume_id);
         lock(&self.entries).remove(&volume_id);
         tracing::info!(volume = volume_id, "detached");
@@ -311,23 +414,38 @@ impl Attachments {
         }
         lock(&e.params).size_bytes = size_bytes;
         self.save(&e)?;
-        self.tell(&e, volume_id, ctl::resize(&e.control_path(), size_bytes))
-            .await
+        let pid = e.status().pid;
+        self.tell(
+            &e,
+            volume_id,
+            ctl::resize(&e.control_path(), pid, size_bytes),
+        )
+        .await
     }
 
-    /// Installs a new primary/epoch (epochs never move back).
+    /// Installs a new primary/epoch for `attachment`, which must be the
+    /// one held here. Epochs never move back, nor jump implausibly far.
     pub async fn update_layout(
         &self,
         volume_id: u64,
         primary: String,
         epoch: u64,
+        attachment: u64,
     ) -> Result<(), AttachError> {
         check_layout(&primary, epoch)?;
         let vl = self.volume_lock(volume_id);
         let _g = vl.lock().await;
         let e = self.entry(volume_id)?;
-        let cur = e.params().epoch;
-        if epoch < cur {
+        let params = e.params();
+        if attachment != params.attachment {
+            return Err(AttachError::WrongAttachment {
+                volume_id,
+                attachment,
+                current: params.attachment,
+            });
+        }
+        let cur = params.epoch;
+        if !check_epoch_step(cur, epoch)? {
             return Err(AttachError::Precondition {
                 volume_id,
                 msg: format!(
@@ -341,10 +459,11 @@ impl Attachments {
             p.epoch = epoch;
         }
         self.save(&e)?;
+        let pid = e.status().pid;
         self.tell(
             &e,
             volume_id,
-            ctl::layout(&e.control_path(), &primary, epoch),
+            ctl::layout(&e.control_path(), pid, &primary, epoch),
         )
         .await
     }
@@ -367,7 +486,7 @@ impl Attachments {
     /// I/O counters of a running backend (`None` if it cannot be asked).
     pub async fn counters(&self, volume_id: u64) -> Option<Counters> {
         let e = self.entry(volume_id).ok()?;
-        let v = ctl::stats(&e.control_path()).await.ok()?;
+        let v = ctl::stats(&e.control_path(), e.status().pid).await.ok()?;
         Some(Counters {
             reads: v["reads"].as_u64().unwrap_or(0),
             writes: v["writes"].as_u64().unwrap_or(0),

@@ -23,7 +23,8 @@ pub struct Args {
     /// Directory of attachment records and backend logs.
     #[arg(long, value_name = "PATH")]
     pub state_dir: PathBuf,
-    /// Directory of the vhost-user sockets (mode 0700; default <state-dir>/run).
+    /// Run directory (owned by this node manager, mode 0711; default
+    /// <state-dir>/run): one directory per attachment holding its sockets.
     #[arg(long, value_name = "PATH")]
     pub run_dir: Option<PathBuf>,
     /// Control service URL (http://HOST:PORT); without it the node runs standalone.
@@ -35,9 +36,17 @@ pub struct Args {
     /// The backend binary (default: basalt-vhost-blk next to this executable).
     #[arg(long, value_name = "PATH")]
     pub backend_bin: Option<PathBuf>,
-    /// Owner given to the run directory and the sockets, for the VMM's user.
+    /// Default owner of each attachment's vhost-user socket (the VMM's user);
+    /// its group may enter the attachment's directory.
     #[arg(long, value_name = "UID:GID")]
     pub socket_owner: Option<String>,
+    /// Run backends as this unprivileged user (a name, or UID:GID) instead of
+    /// the node manager's own user.
+    #[arg(long, value_name = "USER")]
+    pub backend_user: Option<String>,
+    /// Most volumes attached at once; Attach beyond it is refused.
+    #[arg(long, default_value_t = 64)]
+    pub max_attachments: usize,
     /// Cluster key file passed to every backend.
     #[arg(long, value_name = "PATH")]
     pub cluster_key_file: Option<PathBuf>,
@@ -62,11 +71,16 @@ pub struct Args {
 }
 
 /// Longest run directory: sun_path holds 107 bytes, and the longest name
-/// in it is `/vol-<u64>.sock.ctl.tmp` (38 bytes).
+/// in it is `/vol-<u64>/sock.ctl.tmp` (38 bytes).
 pub const MAX_RUN_DIR_LEN: usize = 107 - 38;
 
-/// Owner (uid, gid) of sockets handed to the VMM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Largest `--max-attachments` (each attachment is a process, a thread pool
+/// and a few sockets).
+pub const MAX_MAX_ATTACHMENTS: usize = 4096;
+
+/// A user and group: the owner of a socket handed to the VMM, or the
+/// identity backends run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -92,7 +106,11 @@ pub struct BackendSettings {
     pub bin: PathBuf,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// Default owner of each attachment's socket (recorded per attachment).
     pub socket_owner: Option<Owner>,
+    /// Identity backends run as (`None`: the node manager's own).
+    pub backend_user: Option<Owner>,
+    pub max_attachments: usize,
     pub cluster_key_file: Option<PathBuf>,
     pub retry_interval_ms: Option<u64>,
     /// Control service URL given to backends (they ask it for a new layout
@@ -122,6 +140,10 @@ pub enum ConfigError {
     RunDirTooLong(PathBuf),
     #[error("--cluster-key-file {0} does not exist; check the path")]
     KeyFile(PathBuf),
+    #[error("--max-attachments {0} is out of range; use 1..={MAX_MAX_ATTACHMENTS}")]
+    MaxAttachments(usize),
+    #[error("--backend-user {0:?}: {1}")]
+    BackendUser(String, String),
 }
 
 fn millis(name: &'static str, ms: u64) -> Result<Duration, ConfigError> {
@@ -137,6 +159,59 @@ fn parse_owner(s: &str) -> Result<Owner, ConfigError> {
     Ok(Owner {
         uid: u.parse().map_err(|_| bad())?,
         gid: g.parse().map_err(|_| bad())?,
+    })
+}
+
+/// Resolves `--backend-user`: a user name (its uid and primary group) or
+/// numeric UID:GID. Root is refused: it would be no separation at all.
+fn parse_backend_user(s: &str) -> Result<Owner, ConfigError> {
+    let bad = |why: &str| ConfigError::BackendUser(s.to_owned(), why.to_owned());
+    let o = if s.contains(':') {
+        parse_owner(s).map_err(|_| bad("UID:GID must be two numbers"))?
+    } else {
+        lookup_user(s).ok_or_else(|| {
+            bad("no such user; create it (e.g. useradd --system basalt) or give UID:GID")
+        })?
+    };
+    if o.uid == 0 {
+        return Err(bad(
+            "backends must not run as root; name an unprivileged user or omit the flag",
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 && euid != o.uid {
+        return Err(bad(
+            "switching the backends' user needs basalt-node to run as root",
+        ));
+    }
+    Ok(o)
+}
+
+/// uid and primary gid of the user named `name` (getpwnam_r).
+fn lookup_user(name: &str) -> Option<Owner> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value to be overwritten.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it and
+    // its length is passed; the result is read only if `out` is non-null.
+    let r = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if r != 0 || out.is_null() {
+        return None;
+    }
+    Some(Owner {
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
     })
 }
 
@@ -198,11 +273,20 @@ impl TryFrom<Args> for Config {
         if run_dir.as_os_str().len() > MAX_RUN_DIR_LEN {
             return Err(ConfigError::RunDirTooLong(run_dir));
         }
+        if a.max_attachments == 0 || a.max_attachments > MAX_MAX_ATTACHMENTS {
+            return Err(ConfigError::MaxAttachments(a.max_attachments));
+        }
         let backend = BackendSettings {
             bin,
             state_dir: a.state_dir.clone(),
             run_dir: run_dir.clone(),
             socket_owner: a.socket_owner.as_deref().map(parse_owner).transpose()?,
+            backend_user: a
+                .backend_user
+                .as_deref()
+                .map(parse_backend_user)
+                .transpose()?,
+            max_attachments: a.max_attachments,
             cluster_key_file: a.cluster_key_file,
             retry_interval_ms: a.backend_retry_interval_ms,
             control: a.control.clone(),
@@ -252,6 +336,51 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(1000));
         assert_eq!(c.backend.restart_backoff, Duration::from_millis(200));
         assert!(c.backend.socket_owner.is_none());
+        assert!(c.backend.backend_user.is_none());
+        assert_eq!(c.backend.max_attachments, 64);
+    }
+
+    #[test]
+    fn caps_and_backend_user() {
+        assert!(parse(&["--max-attachments", "0"])
+            .unwrap_err()
+            .contains("--max-attachments"));
+        assert!(parse(&["--max-attachments", "5000"]).is_err());
+        assert_eq!(
+            parse(&["--max-attachments", "3"])
+                .unwrap()
+                .backend
+                .max_attachments,
+            3
+        );
+        let e = parse(&["--backend-user", "root"]).unwrap_err();
+        assert!(e.contains("must not run as root"), "{e}");
+        assert!(parse(&["--backend-user", "0:0"]).is_err());
+        let e = parse(&["--backend-user", "no-such-user-basalt"]).unwrap_err();
+        assert!(e.contains("no such user"), "{e}");
+        assert!(parse(&["--backend-user", "1:x"]).is_err());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(
+                parse(&["--backend-user", "4000:4001"])
+                    .unwrap()
+                    .backend
+                    .backend_user,
+                Some(Owner {
+                    uid: 4000,
+                    gid: 4001
+                })
+            );
+            if let Some(nobody) = lookup_user("nobody") {
+                assert_eq!(
+                    parse(&["--backend-user", "nobody"])
+                        .unwrap()
+                        .backend
+                        .backend_user,
+                    Some(nobody)
+                );
+            }
+        }
     }
 
     #[test]

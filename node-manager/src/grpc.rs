@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::attachments::{AttachError, Attachments, Info};
 use crate::params::AttachParams;
 use crate::process::SpawnError;
+use crate::safefs::FsError;
 
 /// The one place domain errors become gRPC statuses.
 pub fn to_status(e: AttachError) -> Status {
@@ -17,11 +18,16 @@ pub fn to_status(e: AttachError) -> Status {
     match e {
         AttachError::Invalid(_) => Status::invalid_argument(msg),
         AttachError::NotFound(_) => Status::not_found(msg),
-        AttachError::Conflict { .. } | AttachError::Precondition { .. } => {
-            Status::failed_precondition(msg)
-        }
+        AttachError::Conflict { .. }
+        | AttachError::Precondition { .. }
+        | AttachError::Superseded { .. }
+        | AttachError::WrongAttachment { .. } => Status::failed_precondition(msg),
+        AttachError::Exhausted { .. } => Status::resource_exhausted(msg),
         AttachError::Start { ref source, .. } => match source {
-            SpawnError::Io { .. } => Status::internal(msg),
+            SpawnError::Io { .. } | SpawnError::Fs(FsError::Io { .. }) => Status::internal(msg),
+            // Something planted in the run directory: the node must be
+            // looked at before this attach can work.
+            SpawnError::Fs(FsError::Unsafe { .. }) => Status::failed_precondition(msg),
             _ => Status::unavailable(msg),
         },
         AttachError::NotRunning { .. } | AttachError::Ctl { .. } => Status::unavailable(msg),
@@ -43,6 +49,7 @@ fn info_pb(i: &Info) -> pb::AttachmentInfo {
         read_only: i.params.read_only,
         size_bytes: i.params.size_bytes,
         epoch: i.params.epoch,
+        attachment: i.params.attachment,
     }
 }
 
@@ -60,6 +67,7 @@ impl NodeAgent for NodeAgentService {
             epoch: r.epoch,
             read_only: r.read_only,
             queues: r.queues,
+            attachment: r.attachment,
         };
         let i = self.attachments.attach(p).await.map_err(to_status)?;
         Ok(Response::new(pb::AttachResponse {
@@ -97,7 +105,7 @@ impl NodeAgent for NodeAgentService {
     ) -> Result<Response<pb::UpdateLayoutResponse>, Status> {
         let r = req.into_inner();
         self.attachments
-            .update_layout(r.volume_id, r.primary_address, r.epoch)
+            .update_layout(r.volume_id, r.primary_address, r.epoch, r.attachment)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::UpdateLayoutResponse {}))
@@ -147,6 +155,45 @@ mod tests {
         assert_eq!(
             to_status(AttachError::NotRunning { volume_id: 1 }).code(),
             Code::Unavailable
+        );
+        let superseded = to_status(AttachError::Superseded {
+            volume_id: 1,
+            attachment: 2,
+            current: 3,
+        });
+        assert_eq!(superseded.code(), Code::FailedPrecondition);
+        assert!(superseded.message().contains("superseded attachment"));
+        assert_eq!(
+            to_status(AttachError::WrongAttachment {
+                volume_id: 1,
+                attachment: 2,
+                current: 3
+            })
+            .code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            to_status(AttachError::Exhausted { max: 4 }).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            to_status(AttachError::Invalid(ParamsError::EpochJump {
+                epoch: 1 << 30,
+                current: 1
+            }))
+            .code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            to_status(AttachError::Start {
+                volume_id: 1,
+                source: SpawnError::Fs(FsError::Unsafe {
+                    path: "/run/x".into(),
+                    what: "is a symlink".into()
+                })
+            })
+            .code(),
+            Code::FailedPrecondition
         );
     }
 }

@@ -11,6 +11,7 @@
 //! - [`process`]: starting, watching and signalling backend processes;
 //! - [`procfs`]: /proc lookups (start time, command line);
 //! - [`record`]: attachment records on disk;
+//! - [`safefs`]: chown/chmod/unlink in the run and state directories without following symlinks;
 //! - [`ctl`]: client of a backend's control socket;
 //! - [`grpc`]: the `basalt.node.v1.NodeAgent` service;
 //! - [`heartbeat`]: registration and heartbeats to the control service.
@@ -24,6 +25,7 @@ pub mod params;
 pub mod process;
 pub mod procfs;
 pub mod record;
+pub mod safefs;
 pub mod supervise;
 
 use std::net::SocketAddr;
@@ -39,11 +41,6 @@ pub use config::{Args, Config, ConfigError};
 pub enum RunError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
-    #[error("cannot create {path}: {source}; check --state-dir / --run-dir and their permissions")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(
         "cannot listen on {addr}: {source}; is another basalt-node running, or the port taken?"
     )]
@@ -58,8 +55,8 @@ pub enum RunError {
     },
     #[error("recovering attachments failed: {0}")]
     Recover(#[from] AttachError),
-    #[error("cannot prepare the run directory: {0}")]
-    RunDir(#[from] process::SpawnError),
+    #[error("cannot prepare the state or run directory: {0}")]
+    Prepare(#[from] safefs::FsError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -105,13 +102,21 @@ pub fn run(config: Config) -> Result<(), RunError> {
 }
 
 async fn serve(config: Config) -> Result<(), RunError> {
+    // The state directory is ours alone (0700), except that the VMM and
+    // backend users must pass through it to the default run directory in it.
+    let state_mode = if config.run_dir.starts_with(&config.state_dir) {
+        0o711
+    } else {
+        0o700
+    };
+    safefs::ensure_own_dir(&config.state_dir, state_mode)?;
     for d in [
         config.state_dir.join("logs"),
         record::dir(&config.state_dir),
     ] {
-        std::fs::create_dir_all(&d).map_err(|source| RunError::Dir { path: d, source })?;
+        safefs::ensure_own_dir(&d, record::DIR_MODE)?;
     }
-    process::prepare_dir(&config.run_dir, config.backend.socket_owner)?;
+    process::prepare_run_dir(&config.run_dir)?;
     let att = Attachments::new(config.backend.clone());
     att.recover().await?;
     let listener = TcpListener::bind(config.listen)

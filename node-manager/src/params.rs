@@ -14,6 +14,14 @@ pub const DEFAULT_QUEUES: u32 = 1;
 /// Virtqueue size given to Cloud Hypervisor (the backend's default maximum).
 pub const QUEUE_SIZE: u32 = 256;
 const SECTOR: u64 = 512;
+/// Largest volume (the control service's `MAX_VOLUME`, 64 TiB).
+pub const MAX_SIZE_BYTES: u64 = 64 << 40;
+/// Largest step UpdateLayout may move the epoch forward at once. Epochs
+/// grow by one per layout change; a bigger jump is a corrupt or hostile
+/// request, and accepting it would make every later layout look old.
+pub const MAX_EPOCH_STEP: u64 = 1 << 20;
+/// Name of the vhost-user socket inside an attachment's directory.
+pub const SOCKET_NAME: &str = "sock";
 
 /// What a volume is attached with. Resize and UpdateLayout change
 /// `size_bytes`, `primary` and `epoch`, so a restarted backend uses the
@@ -26,11 +34,15 @@ pub struct AttachParams {
     pub epoch: u64,
     pub read_only: bool,
     pub queues: u32,
+    /// Attachment generation issued by the control service (0 from a
+    /// control service that issues none, and in records written before).
+    #[serde(default)]
+    pub attachment: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParamsError {
-    #[error("size_bytes {0} is not a positive multiple of 512; give the volume size in bytes")]
+    #[error("size_bytes {0} is not a positive multiple of 512 of at most {MAX_SIZE_BYTES} (64 TiB); give the volume size in bytes")]
     Size(u64),
     #[error(
         "primary_address {0:?} is not HOST:PORT; give the data-plane address of the primary copy"
@@ -40,11 +52,13 @@ pub enum ParamsError {
     Epoch,
     #[error("queues {0} is out of range; use 1..={MAX_QUEUES} (0 means {DEFAULT_QUEUES})")]
     Queues(u32),
+    #[error("epoch {epoch} is more than {MAX_EPOCH_STEP} above the current {current}; refusing an implausible jump")]
+    EpochJump { epoch: u64, current: u64 },
 }
 
-/// Checks a size (positive, whole sectors).
+/// Checks a size (positive, whole sectors, at most 64 TiB).
 pub fn check_size(size: u64) -> Result<(), ParamsError> {
-    if size == 0 || size % SECTOR != 0 {
+    if size == 0 || size % SECTOR != 0 || size > MAX_SIZE_BYTES {
         return Err(ParamsError::Size(size));
     }
     Ok(())
@@ -76,9 +90,29 @@ impl AttachParams {
     }
 }
 
-/// vhost-user socket of a volume.
+/// Checks that `epoch` may follow `current`: not older, and not an
+/// implausible jump. `Ok(false)` for an older epoch (a precondition, not a
+/// malformed request); the caller says so.
+pub fn check_epoch_step(current: u64, epoch: u64) -> Result<bool, ParamsError> {
+    if epoch < current {
+        return Ok(false);
+    }
+    if epoch - current > MAX_EPOCH_STEP {
+        return Err(ParamsError::EpochJump { epoch, current });
+    }
+    Ok(true)
+}
+
+/// Name of a volume's directory in the run directory.
+pub fn attachment_dir_name(volume_id: u64) -> String {
+    format!("vol-{volume_id}")
+}
+
+/// vhost-user socket of a volume: `<run-dir>/vol-<id>/sock`.
 pub fn socket_path(run_dir: &Path, volume_id: u64) -> PathBuf {
-    run_dir.join(format!("vol-{volume_id}.sock"))
+    run_dir
+        .join(attachment_dir_name(volume_id))
+        .join(SOCKET_NAME)
 }
 
 /// The backend's control socket (see `basalt_vhost_backend::control_socket`).
@@ -108,6 +142,8 @@ pub fn backend_args(p: &AttachParams, socket: &Path, s: &BackendSettings) -> Vec
         p.epoch.to_string(),
         "--queues".to_owned(),
         p.queues.to_string(),
+        "--attachment".to_owned(),
+        p.attachment.to_string(),
     ];
     if p.read_only {
         v.push("--read-only".to_owned());
@@ -176,6 +212,7 @@ mod tests {
             epoch: 1,
             read_only: false,
             queues: 0,
+            attachment: 3,
         }
     }
 
@@ -197,21 +234,78 @@ mod tests {
         let mut b = p();
         b.queues = 17;
         assert_eq!(b.validated(), Err(ParamsError::Queues(17)));
+        let mut b = p();
+        b.queues = 16;
+        assert_eq!(b.validated().map(|v| v.queues), Ok(16));
+    }
+
+    #[test]
+    fn size_limits() {
+        assert_eq!(check_size(MAX_SIZE_BYTES), Ok(()));
+        assert_eq!(check_size(512), Ok(()));
+        assert_eq!(
+            check_size(MAX_SIZE_BYTES + 512),
+            Err(ParamsError::Size(MAX_SIZE_BYTES + 512))
+        );
+        assert!(check_size(u64::MAX - 511).is_err());
+        assert!(check_size(513).is_err());
+    }
+
+    #[test]
+    fn epoch_steps() {
+        assert_eq!(check_epoch_step(5, 5), Ok(true));
+        assert_eq!(check_epoch_step(5, 4), Ok(false));
+        assert_eq!(check_epoch_step(5, 5 + MAX_EPOCH_STEP), Ok(true));
+        assert_eq!(
+            check_epoch_step(5, 6 + MAX_EPOCH_STEP),
+            Err(ParamsError::EpochJump {
+                epoch: 6 + MAX_EPOCH_STEP,
+                current: 5
+            })
+        );
+        assert!(check_epoch_step(1, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn backend_gets_the_attachment() {
+        let s = BackendSettings {
+            bin: "/bin/true".into(),
+            state_dir: "/s".into(),
+            run_dir: "/r".into(),
+            socket_owner: None,
+            backend_user: None,
+            max_attachments: 1,
+            cluster_key_file: None,
+            retry_interval_ms: None,
+            control: None,
+            restart_backoff: std::time::Duration::from_millis(1),
+            start_timeout: std::time::Duration::from_millis(1),
+            stop_timeout: std::time::Duration::from_millis(1),
+            supervision_interval: std::time::Duration::from_millis(1),
+        };
+        let a = backend_args(&p(), Path::new("/r/vol-7/sock"), &s);
+        assert!(a.windows(2).any(|w| w == ["--attachment", "3"]), "{a:?}");
+        let mut q = p();
+        q.attachment = 0;
+        let a = backend_args(&q, Path::new("/r/vol-7/sock"), &s);
+        assert!(a.windows(2).any(|w| w == ["--attachment", "0"]), "{a:?}");
     }
 
     #[test]
     fn launch_flags() {
         let s = socket_path(Path::new("/run/basalt"), 7);
-        assert_eq!(s, PathBuf::from("/run/basalt/vol-7.sock"));
+        assert_eq!(s, PathBuf::from("/run/basalt/vol-7/sock"));
         assert_eq!(
             control_path(&s),
-            PathBuf::from("/run/basalt/vol-7.sock.ctl")
+            PathBuf::from("/run/basalt/vol-7/sock.ctl")
         );
+        let longest = format!("/vol-{}/sock.ctl.tmp", u64::MAX);
+        assert_eq!(longest.len(), 107 - crate::config::MAX_RUN_DIR_LEN);
         assert_eq!(
             qemu_args(7, &s, 2),
             [
                 "-chardev",
-                "socket,id=basalt-vol7,path=/run/basalt/vol-7.sock,reconnect=1",
+                "socket,id=basalt-vol7,path=/run/basalt/vol-7/sock,reconnect=1",
                 "-device",
                 "vhost-user-blk-pci,chardev=basalt-vol7,num-queues=2"
             ]
@@ -224,7 +318,7 @@ mod tests {
             cloud_hypervisor_args(&s, 2),
             [
                 "--disk",
-                "vhost_user=true,socket=/run/basalt/vol-7.sock,num_queues=2,queue_size=256"
+                "vhost_user=true,socket=/run/basalt/vol-7/sock,num_queues=2,queue_size=256"
             ]
         );
     }

@@ -53,8 +53,24 @@ pub fn is_backend_for(cmd: &[String], bin: &Path, socket: &Path) -> bool {
     name_ok && sock_ok
 }
 
+/// Whether `socket` belongs in `run_dir`: `<run-dir>/vol-<id>/<name>`, or
+/// directly in it (the layout before per-attachment directories).
+fn in_run_dir(socket: &Path, run_dir: &Path) -> bool {
+    let Some(parent) = socket.parent() else {
+        return false;
+    };
+    parent == run_dir
+        || (parent.parent() == Some(run_dir)
+            && parent
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("vol-"))
+                .is_some_and(|n| n.parse::<u64>().is_ok()))
+}
+
 /// All live processes whose command line is a backend started from `bin`
-/// with a socket in `run_dir`: (pid, socket path).
+/// with a socket in `run_dir` (in a per-attachment directory, or directly
+/// in it): (pid, socket path).
 pub fn backends_in(bin: &Path, run_dir: &Path) -> Vec<(u32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -70,7 +86,7 @@ pub fn backends_in(bin: &Path, run_dir: &Path) -> Vec<(u32, String)> {
             continue;
         }
         if let Some(w) = cmd.windows(2).find(|w| w[0] == "--socket") {
-            if Path::new(&w[1]).parent() == Some(run_dir) {
+            if in_run_dir(Path::new(&w[1]), run_dir) {
                 out.push((pid, w[1].clone()));
             }
         }
@@ -116,5 +132,15 @@ mod tests {
             Path::new("/run/b/vol-1.sock")
         ));
         assert!(!is_backend_for(&[], bin, Path::new("/run/b/vol-1.sock")));
+    }
+
+    #[test]
+    fn run_dir_membership() {
+        let run = Path::new("/run/b");
+        assert!(in_run_dir(Path::new("/run/b/vol-1/sock"), run));
+        assert!(in_run_dir(Path::new("/run/b/vol-1.sock"), run));
+        assert!(!in_run_dir(Path::new("/run/b/other/sock"), run));
+        assert!(!in_run_dir(Path::new("/run/c/vol-1/sock"), run));
+        assert!(!in_run_dir(Path::new("/run/b/vol-1/x/sock"), run));
     }
 }

@@ -1,18 +1,31 @@
 //! Attachment records: `<state-dir>/attachments/<volume-id>.json`, one per
 //! attached volume, replaced atomically (temp file, fsync, rename, fsync of
-//! the directory) so a crash leaves the old or the new version.
+//! the directory) so a crash leaves the old or the new version. Records are
+//! mode 0600 in a 0700 directory.
 
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::config::Owner;
 use crate::params::AttachParams;
+use crate::safefs;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub params: AttachParams,
     pub socket: PathBuf,
+    /// Owner given to this attachment's socket: `Some(None)` none,
+    /// `Some(Some(o))` o; `None` in records written before it was recorded
+    /// (the node's `--socket-owner` then applies).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub socket_owner: Option<Option<Owner>>,
     /// Backend pid and its start time (/proc/<pid>/stat field 22), which
     /// tells the backend apart from a later process reusing the pid.
     pub pid: u32,
@@ -27,6 +40,15 @@ pub enum RecordError {
     #[error("cannot read attachment records in {path}: {source}; check the state directory's permissions")]
     Read { path: PathBuf, source: io::Error },
 }
+
+/// A field that is present (possibly `null`) is `Some`; absent is the
+/// `default` (`None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Owner>>, D::Error> {
+    Option::<Owner>::deserialize(d).map(Some)
+}
+
+/// Mode of the records directory (and the logs directory).
+pub const DIR_MODE: u32 = 0o700;
 
 /// The records directory of a state directory.
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -45,11 +67,21 @@ pub fn save(state_dir: &Path, r: &Record) -> Result<(), RecordError> {
         path: p.clone(),
         source,
     };
-    std::fs::create_dir_all(&d).map_err(err)?;
+    safefs::ensure_own_dir(&d, DIR_MODE).map_err(|e| err(io::Error::other(e)))?;
     let tmp = p.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(r).map_err(|e| err(io::Error::other(e)))?;
     {
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(err)?;
+        // A leftover temp file keeps its mode through O_CREAT.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
         f.write_all(&body).map_err(err)?;
         f.sync_all().map_err(err)?;
     }
@@ -120,8 +152,10 @@ mod tests {
                 epoch: 2,
                 read_only: true,
                 queues: 2,
+                attachment: 4,
             },
-            socket: PathBuf::from(format!("/run/vol-{id}.sock")),
+            socket: PathBuf::from(format!("/run/vol-{id}/sock")),
+            socket_owner: Some(Some(Owner { uid: 7, gid: 8 })),
             pid: 10,
             start_time: 20,
             restarts: 1,
@@ -145,5 +179,29 @@ mod tests {
         remove(d.path(), 1).unwrap();
         remove(d.path(), 1).unwrap();
         assert_eq!(load_all(d.path()).unwrap(), vec![rec(2)]);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir(d.path())), 0o700);
+        assert_eq!(mode(&path(d.path(), 2)), 0o600);
+        let mut r = rec(3);
+        r.socket_owner = Some(None);
+        save(d.path(), &r).unwrap();
+        assert_eq!(load_all(d.path()).unwrap()[1].socket_owner, Some(None));
+    }
+
+    /// A record written before attachments and per-attachment owners were
+    /// recorded still loads: attachment 0, owner from the node's flag.
+    #[test]
+    fn old_record_loads() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir(d.path())).unwrap();
+        let old = r#"{"params":{"volume_id":6,"size_bytes":1048576,"primary":"127.0.0.1:1",
+            "epoch":3,"read_only":false,"queues":1},"socket":"/run/b/vol-6.sock",
+            "pid":10,"start_time":20,"restarts":0}"#;
+        std::fs::write(path(d.path(), 6), old).unwrap();
+        let all = load_all(d.path()).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].params.attachment, 0);
+        assert_eq!(all[0].params.epoch, 3);
+        assert_eq!(all[0].socket_owner, None);
     }
 }

@@ -64,16 +64,13 @@ async fn restart(att: &Arc<Attachments>, entry: &Arc<Entry>) -> Option<Waiter> {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         let p = entry.params();
-        let started = match process::start(&p, &entry.socket, s).await {
+        let started = match process::start(&p, &entry.socket, entry.owner, s).await {
             Ok(st) => st,
             Err(e) => {
                 tracing::error!(volume = p.volume_id, "restarting the backend failed: {e}");
                 continue;
             }
         };
-        if let Err(e) = process::secure_socket(&entry.socket, s.socket_owner) {
-            tracing::error!(volume = p.volume_id, "{e}");
-        }
         let must_stop = {
             let mut st = lock(&entry.status);
             st.pid = started.pid;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::{lock, AttachError, Attachments, Entry, State, Status};
+use crate::params;
 use crate::process;
 use crate::procfs;
 use crate::record::{self, Record};
@@ -36,10 +37,26 @@ impl Attachments {
                 }
             }
         }
+        self.remove_orphan_dirs(&records);
+        if records.len() > s.max_attachments {
+            tracing::warn!(
+                records = records.len(),
+                max = s.max_attachments,
+                "more attachments recorded than --max-attachments; all are kept, new ones are refused until enough are detached"
+            );
+        }
         for (r, alive) in records {
             let id = r.params.volume_id;
+            if !process::per_attachment(id, &r.socket, &s) {
+                tracing::warn!(
+                    volume = id,
+                    socket = %r.socket.display(),
+                    "this attachment keeps the socket path of an older layout (its backend runs as the node manager's user); detach and attach it again to move it to its own directory"
+                );
+            }
             let entry = Arc::new(Entry {
                 socket: r.socket.clone(),
+                owner: r.socket_owner.unwrap_or(s.socket_owner),
                 params: Mutex::new(r.params.clone()),
                 status: Mutex::new(Status {
                     pid: r.pid,
@@ -68,5 +85,32 @@ impl Attachments {
             }
         }
         Ok(())
+    }
+
+    /// Removes the per-attachment directories no record names (left by a
+    /// crash between starting a backend and recording it, or between
+    /// removing a record and its directory).
+    fn remove_orphan_dirs(&self, records: &[(Record, bool)]) {
+        let s = &self.settings;
+        let Ok(dir) = std::fs::read_dir(&s.run_dir) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vol-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let socket = params::socket_path(&s.run_dir, id);
+            if e.file_type().is_ok_and(|t| t.is_dir())
+                && !records.iter().any(|(r, _)| r.socket == socket)
+            {
+                tracing::warn!(path = %e.path().display(), "removing a socket directory no attachment record names");
+                process::remove_sockets(id, &socket, s);
+            }
+        }
     }
 }

@@ -129,17 +129,29 @@ impl NodeProc {
             .map(|_| ())
     }
 
+    /// UpdateLayout for attachment 0 (what [`attach_req`] attaches).
     pub fn update_layout(
         &mut self,
         volume_id: u64,
         primary_address: &str,
         epoch: u64,
     ) -> Result<(), tonic::Status> {
+        self.update_layout_for(volume_id, primary_address, epoch, 0)
+    }
+
+    pub fn update_layout_for(
+        &mut self,
+        volume_id: u64,
+        primary_address: &str,
+        epoch: u64,
+        attachment: u64,
+    ) -> Result<(), tonic::Status> {
         self.rt
             .block_on(self.client.update_layout(pb::UpdateLayoutRequest {
                 volume_id,
                 primary_address: primary_address.to_owned(),
                 epoch,
+                attachment,
             }))
             .map(|_| ())
     }
@@ -186,11 +198,62 @@ pub fn mode(p: &Path) -> u32 {
         .unwrap_or(0)
 }
 
+/// (uid, gid, mode) of `p` itself (a symlink is not followed).
+pub fn owner_mode(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777))
+        .unwrap_or((u32::MAX, u32::MAX, 0))
+}
+
+/// The value of `--flag` in a running process's command line.
+pub fn cmdline_flag(pid: u32, flag: &str) -> Option<String> {
+    let cmd = procfs::cmdline(pid)?;
+    cmd.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone())
+}
+
+/// Real uid and gid of a running process (/proc/<pid>/status).
+pub fn process_ids(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// Whether `uid:gid` may write (connect to) `p`, asked by `test -w` in a
+/// shell running as that user.
+pub fn may_write_as(uid: u32, gid: u32, p: &Path) -> bool {
+    use std::os::unix::process::CommandExt;
+    Command::new("/bin/sh")
+        .args(["-c", "test -w \"$1\"", "sh"])
+        .arg(p)
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A script standing in for the backend binary.
+pub fn script(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, body)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(p)
+}
+
 /// One request on a backend's control socket.
 pub fn ctl(socket: &Path, line: &str) -> Result<Value> {
     let mut p = socket.as_os_str().to_owned();
     p.push(".ctl");
-    let c = UnixStream::connect(PathBuf::from(p))?;
+    let c = UnixStream::connect(PathBuf::from(p)).context("connecting to the control socket")?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut w = c.try_clone()?;
     w.write_all(line.as_bytes())?;
@@ -208,5 +271,6 @@ pub fn attach_req(volume_id: u64, size: u64, primary: &str) -> pb::AttachRequest
         epoch: 1,
         read_only: false,
         queues: 2,
+        attachment: 0,
     }
 }
