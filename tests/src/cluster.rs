@@ -170,6 +170,7 @@ pub fn create_volume(
                 mirrors: vec![],
                 primary_server_id: primary.id.clone(),
                 syncing: vec![],
+                attachment: 0,
             },
         )?;
     }
@@ -190,6 +191,7 @@ pub fn create_volume(
             mirrors: peers,
             primary_server_id: String::new(),
             syncing: vec![],
+            attachment: 0,
         },
     )?;
     Ok(())

@@ -129,23 +129,56 @@ impl ManagedCluster {
     }
 
     fn start_node(root: &Path, base: u16) -> Result<Proc> {
+        Self::start_node_as(root, base, "node1", base + 1, &root.join("node"))
+    }
+
+    fn start_node_as(root: &Path, base: u16, id: &str, port: u16, state: &Path) -> Result<Proc> {
         let mut cmd = Command::new(bin("basalt-node")?);
-        cmd.args([
-            "--node-id",
-            "node1",
-            "--listen",
-            &format!("127.0.0.1:{}", base + 1),
-        ])
-        .args([
-            "--control",
-            &format!("http://127.0.0.1:{base}"),
-            "--state-dir",
-        ])
-        .arg(root.join("node"))
-        .arg("--backend-bin")
-        .arg(bin("basalt-vhost-blk")?)
-        .args(["--heartbeat-interval-ms", "200"]);
-        Proc::spawn("basalt-node", &mut cmd, root.join("node.log"))
+        cmd.args(["--node-id", id, "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--control",
+                &format!("http://127.0.0.1:{base}"),
+                "--state-dir",
+            ])
+            .arg(state)
+            .arg("--backend-bin")
+            .arg(bin("basalt-vhost-blk")?)
+            .args(["--heartbeat-interval-ms", "200"]);
+        Proc::spawn(
+            &format!("basalt-node {id}"),
+            &mut cmd,
+            root.join(format!("{id}.log")),
+        )
+    }
+
+    /// Starts a second node manager, `node2` (another "host": its own state
+    /// directory and sockets under `root/node2`), and waits until control
+    /// sees it up.
+    pub fn add_node2(&mut self) -> Result<Proc> {
+        let mut p = Self::start_node_as(
+            &self.root,
+            self.base,
+            "node2",
+            self.base + 2,
+            &self.root.join("node2"),
+        )?;
+        let ep = self.endpoint();
+        let rt = &self.rt;
+        wait_for(&mut p, Duration::from_secs(30), || {
+            rt.block_on(async {
+                let mut c = ControlClient::connect(ep.clone()).await.ok()?;
+                let n = c
+                    .list_nodes(pb::ListNodesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .nodes;
+                n.iter()
+                    .any(|n| n.node_id == "node2" && n.state == "UP")
+                    .then_some(())
+            })
+        })?;
+        Ok(p)
     }
 
     /// Starts control, `servers` storage servers and a node manager, and
@@ -246,11 +279,17 @@ impl ManagedCluster {
         Ok(())
     }
 
-    /// Pids of the backends the node manager runs.
+    /// Pids of the backends node1's node manager runs.
     pub fn backend_pids(&self) -> Result<Vec<u32>> {
+        self.backend_pids_of("node")
+    }
+
+    /// Pids of the backends of the node manager whose state directory is
+    /// `root/<state>`.
+    pub fn backend_pids_of(&self, state: &str) -> Result<Vec<u32>> {
         let b = bin("basalt-vhost-blk")?;
         Ok(
-            basalt_node::procfs::backends_in(&b, &self.root.join("node").join("run"))
+            basalt_node::procfs::backends_in(&b, &self.root.join(state).join("run"))
                 .into_iter()
                 .map(|(pid, _)| pid)
                 .collect(),
@@ -354,7 +393,13 @@ impl Drop for ManagedCluster {
     /// Backends outlive their node manager by design (they keep serving
     /// guests across its restarts), so a test cluster stops them itself.
     fn drop(&mut self) {
-        for pid in self.backend_pids().unwrap_or_default() {
+        let node2 = self.backend_pids_of("node2").unwrap_or_default();
+        for pid in self
+            .backend_pids()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(node2)
+        {
             // SAFETY: signalling a backend this cluster started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }

@@ -35,9 +35,16 @@ pub enum Fault {
     /// it, QEMU reconnects (`reconnect=1`) and the requests that were in
     /// flight are taken from the ring again.
     BackendKill,
+    /// A backend of a superseded attachment (one left running on a host that
+    /// was cut off, after a forced attach elsewhere), knowing the current
+    /// epoch, writes garbage over the guest's fio region for the settle
+    /// period: every write must be refused `Fenced` (the guest's verify
+    /// would catch one that landed); one of a future attachment gets
+    /// `LayoutPending`.
+    StaleBackend,
 }
 
-pub const ALL: [Fault; 9] = [
+pub const ALL: [Fault; 10] = [
     Fault::PrimaryKill,
     Fault::MirrorKill,
     Fault::PrimaryHang,
@@ -47,6 +54,7 @@ pub const ALL: [Fault; 9] = [
     Fault::NodeKill,
     Fault::ControlKill,
     Fault::BackendKill,
+    Fault::StaleBackend,
 ];
 
 impl Fault {
@@ -61,6 +69,7 @@ impl Fault {
             Fault::NodeKill => "node manager kill -9",
             Fault::ControlKill => "control kill -9",
             Fault::BackendKill => "backend kill -9",
+            Fault::StaleBackend => "stale backend of a superseded attachment writes",
         }
     }
 }
@@ -243,6 +252,7 @@ pub fn inject(
         Fault::MirrorCut => c.proxies[m].cut(),
         Fault::NodeKill => c.node.kill9(),
         Fault::ControlKill => c.control.kill9(),
+        Fault::StaleBackend => stale_backend(c, vol)?,
         Fault::BackendKill => {
             old_backends = c.backend_pids()?;
             let old = &old_backends;
@@ -257,6 +267,8 @@ pub fn inject(
     }
     let mut failed_over = None;
     match f {
+        // Nothing fails: the stale writes were refused (checked above).
+        Fault::StaleBackend => {}
         Fault::NodeKill => {
             std::thread::sleep(SETTLE);
             c.restart_node()?;
@@ -311,6 +323,37 @@ pub fn inject(
     }
     c.wait_volume(vol, HEAL_TIMEOUT, healthy)?;
     Ok((failed_over, t0.elapsed(), t0))
+}
+
+/// [`Fault::StaleBackend`]: writes as attachment generation-1 with the
+/// current epoch; all must be refused `Fenced`, and generation+1 gets
+/// `LayoutPending`.
+fn stale_backend(c: &ManagedCluster, vol: &str) -> Result<()> {
+    let v = c.cli_json(&["volume", "show", vol])?;
+    let (id, epoch) = (v["id"].as_u64(), v["epoch"].as_u64());
+    let gen = v["attachment"]["generation"].as_u64();
+    let addr = v["primary"]["address"].as_str().unwrap_or_default();
+    let (Some(id), Some(epoch), Some(gen)) = (id, epoch, gen) else {
+        bail!("volume {vol} has no attachment: {v}");
+    };
+    // The guest's fio region (GUEST_SCRIPT: --offset=64M --size=32M).
+    let region = (64 << 20, 96 << 20);
+    let mut old = crate::rogue::connect(addr, id, gen - 1)?;
+    let stale = crate::rogue::write_for(&mut old, id, epoch, region, SETTLE)?;
+    let mut new = crate::rogue::connect(addr, id, gen + 1)?;
+    let ahead = crate::rogue::write_for(&mut new, id, epoch, region, SETTLE / 10)?;
+    println!(
+        "stale backend (attachment {}): {stale:?}; attachment {}: {ahead:?}",
+        gen - 1,
+        gen + 1
+    );
+    if stale.keys().any(|k| k != "Fenced") || stale.is_empty() {
+        bail!("a superseded attachment's writes were not all refused Fenced: {stale:?}");
+    }
+    if ahead.keys().any(|k| k != "LayoutPending") || ahead.is_empty() {
+        bail!("a future attachment's writes were not all refused LayoutPending: {ahead:?}");
+    }
+    Ok(())
 }
 
 /// A small deterministic generator for the soak's fault order.

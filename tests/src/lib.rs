@@ -7,3 +7,4 @@ pub mod faultproxy;
 pub mod faults;
 pub mod guest;
 pub mod procs;
+pub mod rogue;

@@ -328,12 +328,16 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(vols[0].state, "ATTACHED");
 
     // Failure reports from the data path: bad ones are refused, and a report
-    // about a server outside the layout changes nothing.
+    // about a server outside the layout changes nothing. The test speaks as
+    // the attached backend (its attachment generation).
+    let generation = vols[0].attachment.as_ref().unwrap().generation;
+    assert!(generation >= 1);
     let report = |volume_id: u64, epoch: u64, addr: &str| pb::ReportUnreachableRequest {
         volume_id,
         epoch,
         data_address: addr.into(),
         reporter: "test".into(),
+        attachment: generation,
     };
     let rcode = |r: Result<tonic::Response<pb::ReportUnreachableResponse>, tonic::Status>| {
         r.map(|_| ()).unwrap_err().code()
@@ -381,6 +385,16 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         .into_inner();
     assert_eq!(alive.outcome, pb::ReportOutcome::Reachable as i32);
     assert_eq!(alive.epoch, 1);
+    // Only the attached backend may report the primary: a storage server
+    // (attachment 0) gets the layout and nothing is probed.
+    let server = rt
+        .block_on(api.report_unreachable(pb::ReportUnreachableRequest {
+            attachment: 0,
+            ..report(good.id, 1, &good.primary.as_ref().unwrap().address)
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(server.outcome, pb::ReportOutcome::Current as i32);
 
     // A forced attach fences the old attachment with a new epoch on every copy.
     let forced = rt
@@ -389,13 +403,30 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         .into_inner();
     assert_eq!(forced.epoch, 2);
     assert!(forced.attachment.as_ref().unwrap().read_only);
+    let new_generation = forced.attachment.as_ref().unwrap().generation;
+    assert!(new_generation > generation);
+    // The superseded attachment's backend gets no layout, only FENCED, even
+    // with the current epoch.
+    for epoch in [1, 2] {
+        let fenced = rt
+            .block_on(api.report_unreachable(report(
+                good.id,
+                epoch,
+                &forced.primary.as_ref().unwrap().address,
+            )))
+            .unwrap()
+            .into_inner();
+        assert_eq!(fenced.outcome, pb::ReportOutcome::Fenced as i32);
+        assert_eq!((fenced.epoch, fenced.primary_address.as_str()), (0, ""));
+    }
     for copy in forced.primary.iter().chain(&forced.mirrors) {
         let meta = std::fs::read_to_string(
             copy_file(&c, &copy.server_id, good.id).with_file_name("meta.json"),
         )
         .unwrap();
         assert!(
-            meta.contains("\"epoch\": 2"),
+            meta.contains("\"epoch\": 2")
+                && meta.contains(&format!("\"attachment\": {new_generation}")),
             "copy on {} not fenced: {meta}",
             copy.server_id
         );
