@@ -269,6 +269,20 @@ fn reply_err(out: &Out, req: &Header, e: &CopyError) {
     reply(out, r);
 }
 
+/// Handles one request frame exactly as a connection does (its response
+/// frames go to `out`), for the stateful fuzz target. Must run inside a
+/// tokio runtime.
+#[doc(hidden)]
+pub fn handle_request(
+    ctx: &DataCtx,
+    peer: &Hello,
+    h: Header,
+    payload: &mut Vec<u8>,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+) {
+    handle(ctx, peer, h, payload, out)
+}
+
 fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &Out) {
     if h.is_response() || h.opcode == Opcode::Hello {
         return reply(out, h.response(Status::InvalidRequest));
