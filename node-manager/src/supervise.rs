@@ -75,7 +75,7 @@ async fn restart(att: &Arc<Attachments>, entry: &Arc<Entry>) -> Option<Waiter> {
             let mut st = lock(&entry.status);
             st.pid = started.pid;
             st.start_time = started.start_time;
-            st.restarts += 1;
+            st.restarts = st.restarts.saturating_add(1);
             st.state = State::Running;
             entry.stopping.load(Ordering::SeqCst)
         };

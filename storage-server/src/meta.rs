@@ -58,10 +58,33 @@ pub struct CopyMeta {
 pub const META_FILE: &str = "meta.json";
 
 impl CopyMeta {
+    /// Loads and checks the metadata. A damaged file that still parses
+    /// (size 0, unaligned or past the largest volume, epoch 0) is refused:
+    /// opening the copy would otherwise cut its data file to that size.
     pub fn load(dir: &Path) -> std::io::Result<CopyMeta> {
-        let bytes = fs::read(dir.join(META_FILE))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        let path = dir.join(META_FILE);
+        let bytes = fs::read(&path)?;
+        let bad = |why: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {why}; the copy was left untouched: restore the file or delete the copy",
+                    path.display()
+                ),
+            )
+        };
+        let m: CopyMeta = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let max = crate::store::MAX_VOLUME_BYTES;
+        if m.size_bytes == 0 || m.size_bytes % 512 != 0 || m.size_bytes > max {
+            return Err(bad(format!(
+                "size_bytes {} is not a positive multiple of 512 up to {max}",
+                m.size_bytes
+            )));
+        }
+        if m.epoch == 0 {
+            return Err(bad("epoch 0 (epochs start at 1)".into()));
+        }
+        Ok(m)
     }
 
     /// Persists atomically: after this returns, a crash leaves either the old
@@ -114,5 +137,41 @@ mod tests {
         m2.store(d.path()).unwrap();
         assert_eq!(CopyMeta::load(d.path()).unwrap().epoch, 5);
         assert!(!d.path().join("meta.json.tmp").exists());
+    }
+
+    /// Found by the copy_meta fuzz target: a damaged meta.json that still
+    /// parses used to be accepted, and opening the copy then cut its data
+    /// file to the damaged size. It is refused and the data left alone.
+    #[test]
+    fn damaged_metadata_is_refused_and_the_data_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let c = crate::copy::Copy::create(
+            d.path(),
+            CopyMeta {
+                volume_id: 1,
+                size_bytes: 1 << 20,
+                role: Role::Primary,
+                epoch: 1,
+                mirrors: vec![],
+                primary_server_id: String::new(),
+                syncing: vec![],
+                attachment: 0,
+            },
+        )
+        .unwrap();
+        c.write_at(512 << 10, &[7; 512]).unwrap();
+        drop(c);
+        for (size, epoch) in [(0u64, 1u64), (4096, 0), (1000, 1), (u64::MAX - 511, 1)] {
+            let bad = format!(
+                r#"{{"volume_id":1,"size_bytes":{size},"role":"primary","epoch":{epoch}}}"#
+            );
+            std::fs::write(d.path().join(META_FILE), bad).unwrap();
+            let e = crate::copy::Copy::open(d.path()).err().expect("refused");
+            assert!(e.to_string().contains("left untouched"), "{e}");
+            let len = std::fs::metadata(d.path().join(crate::copy::DATA_FILE))
+                .unwrap()
+                .len();
+            assert_eq!(len, 1 << 20, "the data file was cut");
+        }
     }
 }
