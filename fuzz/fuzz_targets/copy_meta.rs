@@ -11,22 +11,43 @@
 
 #![no_main]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use basalt_storage::dirty::Tracker;
 use basalt_storage::meta::{CopyMeta, META_FILE};
 use libfuzzer_sys::fuzz_target;
 
+/// Removes scratch directories `<prefix><pid>` under `base` left by earlier
+/// runs whose process is gone (libFuzzer gives a target no exit hook).
+fn remove_stale(base: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// A scratch directory for this process (on tmpfs when there is one).
 fn scratch() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
+        let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
+        remove_stale(&base, "basalt-fuzz-copy-meta-");
         let d = base.join(format!("basalt-fuzz-copy-meta-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("scratch dir");
         d
