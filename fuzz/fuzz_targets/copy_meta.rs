@@ -59,8 +59,23 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.join(META_FILE), data).expect("write meta.json");
     let loaded = CopyMeta::load(dir);
     let parsed = serde_json::from_slice::<CopyMeta>(data);
+    // `load` also refuses metadata that parses but would damage the copy:
+    // a size that is 0, unaligned or past the largest volume, or epoch 0.
+    let valid = |m: &CopyMeta| {
+        m.size_bytes > 0
+            && m.size_bytes % 512 == 0
+            && m.size_bytes <= basalt_storage::store::MAX_VOLUME_BYTES
+            && m.epoch > 0
+    };
     match (&loaded, &parsed) {
-        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b);
+            assert!(valid(a), "load accepted damaging metadata: {a:?}");
+        }
+        (Err(e), Ok(b)) => {
+            assert!(!valid(b), "load refused valid metadata: {e} ({b:?})");
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        }
         (Err(e), Err(_)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData),
         _ => panic!("load and serde_json disagree: {loaded:?} vs {parsed:?}"),
     }
