@@ -167,14 +167,10 @@ impl ManagedCluster {
         wait_for(&mut p, Duration::from_secs(30), || {
             rt.block_on(async {
                 let mut c = ControlClient::connect(ep.clone()).await.ok()?;
-                let n = c
-                    .list_nodes(pb::ListNodesRequest {})
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .nodes;
-                n.iter()
-                    .any(|n| n.node_id == "node2" && n.state == "UP")
+                nodes_up(&mut c)
+                    .await?
+                    .iter()
+                    .any(|n| n == "node2")
                     .then_some(())
             })
         })?;
@@ -250,15 +246,9 @@ impl ManagedCluster {
                     .ok()?
                     .into_inner()
                     .servers;
-                let n = c
-                    .list_nodes(pb::ListNodesRequest {})
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .nodes;
-                (s.iter().filter(|s| s.state == "UP").count() == want
-                    && n.iter().any(|n| n.state == "UP"))
-                .then_some(())
+                let n = nodes_up(&mut c).await?;
+                (s.iter().filter(|s| s.state == "UP").count() == want && !n.is_empty())
+                    .then_some(())
             })
         };
         wait_for(&mut self.control, Duration::from_secs(30), check)
@@ -387,6 +377,24 @@ impl ManagedCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Ids of the node managers the control service sees up (None while it
+/// does not answer).
+async fn nodes_up(c: &mut ControlClient<tonic::transport::Channel>) -> Option<Vec<String>> {
+    let nodes = c
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .nodes;
+    Some(
+        nodes
+            .into_iter()
+            .filter(|n| n.state == "UP")
+            .map(|n| n.node_id)
+            .collect(),
+    )
 }
 
 impl Drop for ManagedCluster {
