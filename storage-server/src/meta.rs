@@ -75,7 +75,7 @@ impl CopyMeta {
         };
         let m: CopyMeta = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         let max = crate::store::MAX_VOLUME_BYTES;
-        if m.size_bytes == 0 || m.size_bytes % 512 != 0 || m.size_bytes > max {
+        if m.size_bytes == 0 || !m.size_bytes.is_multiple_of(512) || m.size_bytes > max {
             return Err(bad(format!(
                 "size_bytes {} is not a positive multiple of 512 up to {max}",
                 m.size_bytes
