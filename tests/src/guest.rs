@@ -365,3 +365,31 @@ fn tail(text: &str, lines: usize) -> String {
     s.push('\n');
     s
 }
+
+/// (when seen, line) for every serial line of a guest, filled by a
+/// [`GuestImage::run_watching`] callback.
+pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
+
+/// Waits until the guest printed `want`, failing if it exited first or
+/// `timeout` passed.
+pub fn wait_line<T>(
+    lines: &Lines,
+    guest: &std::thread::ScopedJoinHandle<'_, T>,
+    want: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(_, l)| l == want)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(!guest.is_finished(), "the guest exited before {want:?}");
+        anyhow::ensure!(Instant::now() < deadline, "no {want:?} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -10,12 +10,11 @@
 //! control service, was handed the new epoch and went on writing: two VMs
 //! wrote one volume.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use basalt_tests::cluster::assert_identical;
 use basalt_tests::controlplane::ManagedCluster;
-use basalt_tests::guest::{self, GuestConfig};
+use basalt_tests::guest::{self, wait_line, GuestConfig, Lines};
 
 /// node1's guest: fio verify rounds until told to stop through a second
 /// (plain virtio-blk) disk the host writes "STOP" into; then probes that
@@ -66,9 +65,6 @@ dd if=/dev/vda bs=1M skip=64 count=8 iflag=direct 2>/dev/null | cmp - /tmp/p
 echo "PATTERN intact"
 "#;
 
-/// (when seen, line) for every serial line of node1's guest.
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
 #[test]
 fn a_forced_attach_fences_the_old_host_for_good() {
     assert!(
@@ -96,7 +92,7 @@ fn a_forced_attach_fences_the_old_host_for_good() {
     // The host's side of node1's guest's stop signal.
     let stop_img = root.path().join("stop.img");
     std::fs::write(&stop_img, vec![0u8; 4096]).unwrap();
-    let lines: Lines = Arc::default();
+    let lines: Lines = Lines::default();
 
     let outcome = std::thread::scope(|s| {
         let seen = lines.clone();
@@ -256,22 +252,4 @@ fn a_forced_attach_fences_the_old_host_for_good() {
     }
     assert_identical(&p, &m).unwrap();
     node2.kill9();
-}
-
-/// Waits until node1's guest printed `want`, failing if it exited first.
-fn wait_line<T>(
-    lines: &Lines,
-    guest: &std::thread::ScopedJoinHandle<'_, T>,
-    want: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if lines.lock().unwrap().iter().any(|(_, l)| l == want) {
-            return Ok(());
-        }
-        anyhow::ensure!(!guest.is_finished(), "node1's guest exited before {want:?}");
-        anyhow::ensure!(Instant::now() < deadline, "no {want:?} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
