@@ -14,6 +14,24 @@ pub mod wire;
 pub mod storage_admin {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("basalt.storage.v1");
+
+    /// Credentials are never printed: a request that carries a destination
+    /// may be logged.
+    impl std::fmt::Debug for Destination {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Destination")
+                .field("name", &self.name)
+                .field("url", &self.url)
+                .field("endpoint", &self.endpoint)
+                .field("region", &self.region)
+                .field("allow_http", &self.allow_http)
+                .field(
+                    "credentials",
+                    &(!self.secret_access_key.is_empty()).then_some("<redacted>"),
+                )
+                .finish()
+        }
+    }
 }
 
 /// gRPC API of the control service, package `basalt.control.v1`.
