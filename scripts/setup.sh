@@ -24,6 +24,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# A real S3 server for the snapshot tests (s3s-fs, built once into
+# target/tools, which CI caches with the rest of target/).
+S3S_VERSION=0.14.1
+if ! [ -x target/tools/bin/s3s-fs ] || ! grep -qx "$S3S_VERSION" target/tools/s3s-fs.version 2>/dev/null; then
+  echo "setup: building the s3s-fs S3 server $S3S_VERSION (once)" >&2
+  cargo install --quiet --locked s3s-fs --version "$S3S_VERSION" --features binary --root target/tools >&2
+  echo "$S3S_VERSION" > target/tools/s3s-fs.version
+fi
+
 echo "setup: building the test guest image (cached)" >&2
 bash vm-images/build-guest.sh >/dev/null
 echo "setup: done" >&2

@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 use crate::copy::Copy;
 use crate::error_map::grpc_status;
 use crate::meta::{PeerMeta, Role};
+use crate::snap::hydrate::Source;
+use crate::snap::SnapError;
 use crate::store::{Layout, Store};
 
 pub struct AdminService {
@@ -104,6 +106,63 @@ fn info(c: &Copy) -> pb::CopyInfo {
             .delta_resync_bytes
             .load(std::sync::atomic::Ordering::Relaxed),
         tracking: c.dirty.tracking(),
+        hydration: c.hydration().map(|h| pb::HydrationStatus {
+            snapshot_id: h.source.snapshot_id,
+            blocks_total: h.presence.total(),
+            blocks_present: h.presence.present(),
+            bytes_fetched: h.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
+            complete: false,
+            error: h.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }),
+        snapshots: c.snap.jobs().iter().map(|j| j.to_pb()).collect(),
+    }
+}
+
+fn source_from_pb(s: pb::HydrationSource) -> Result<Source, Status> {
+    let d = s
+        .destination
+        .ok_or_else(|| Status::invalid_argument("source.destination is required"))?;
+    if s.snapshot_id == 0 {
+        return Err(Status::invalid_argument("source.snapshot_id is required"));
+    }
+    Ok(Source {
+        snapshot_id: s.snapshot_id,
+        snapshot_size: s.snapshot_size_bytes,
+        rate_bytes_per_sec: s.rate_bytes_per_sec,
+        name: d.name,
+        url: d.url,
+        endpoint: d.endpoint,
+        region: d.region,
+        allow_http: d.allow_http,
+        access_key_id: d.access_key_id,
+        secret_access_key: d.secret_access_key,
+    })
+}
+
+fn spec_from_pb(d: Option<pb::Destination>) -> Result<basalt_snapshot::DestinationSpec, Status> {
+    let d = d.ok_or_else(|| Status::invalid_argument("destination is required"))?;
+    Ok(basalt_snapshot::DestinationSpec {
+        name: d.name,
+        url: d.url,
+        endpoint: d.endpoint,
+        region: d.region,
+        allow_http: d.allow_http,
+        access_key_id: d.access_key_id,
+        secret_access_key: d.secret_access_key,
+    })
+}
+
+fn snap_status(e: SnapError) -> Status {
+    let msg = e.to_string();
+    match e {
+        SnapError::NotFound(_) | SnapError::NoJob(_) => Status::not_found(msg),
+        SnapError::Exists(_) => Status::already_exists(msg),
+        SnapError::Destination(_) => Status::invalid_argument(msg),
+        SnapError::NotPrimary
+        | SnapError::Epoch { .. }
+        | SnapError::Busy(_)
+        | SnapError::Hydrating => Status::failed_precondition(msg),
+        SnapError::Io(_) => Status::internal(msg),
     }
 }
 
@@ -146,9 +205,10 @@ impl StorageAdmin for AdminService {
     ) -> Result<Response<pb::CreateCopyResponse>, Status> {
         let r = r.into_inner();
         let layout = layout_from_pb(r.layout)?;
+        let source = r.source.map(source_from_pb).transpose()?;
         let c = self
             .store
-            .create(r.volume_id, r.size_bytes, layout)
+            .create_from(r.volume_id, r.size_bytes, layout, source)
             .map_err(grpc_status)?;
         tracing::info!(volume = r.volume_id, size = r.size_bytes, "created copy");
         Ok(Response::new(pb::CreateCopyResponse {
@@ -221,5 +281,76 @@ impl StorageAdmin for AdminService {
         Ok(Response::new(pb::ResizeCopyResponse {
             copy: Some(info(&c)),
         }))
+    }
+
+    async fn snapshot_point(
+        &self,
+        r: Request<pb::SnapshotPointRequest>,
+    ) -> Result<Response<pb::SnapshotPointResponse>, Status> {
+        let r = r.into_inner();
+        if r.snapshot_id == 0 {
+            return Err(Status::invalid_argument("snapshot_id is required"));
+        }
+        let destination = spec_from_pb(r.destination)?;
+        let c = self
+            .store
+            .get(r.volume_id)
+            .ok_or_else(|| snap_status(SnapError::NotFound(r.volume_id)))?;
+        let job = crate::snap::point(
+            &c,
+            crate::snap::PointRequest {
+                snapshot_id: r.snapshot_id,
+                epoch: r.epoch,
+                parent_id: r.parent_id,
+                destination,
+                rate_bytes_per_sec: r.rate_bytes_per_sec,
+            },
+        )
+        .map_err(snap_status)?;
+        Ok(Response::new(pb::SnapshotPointResponse {
+            job: Some(job.to_pb()),
+        }))
+    }
+
+    async fn describe_snapshot_job(
+        &self,
+        r: Request<pb::DescribeSnapshotJobRequest>,
+    ) -> Result<Response<pb::DescribeSnapshotJobResponse>, Status> {
+        let r = r.into_inner();
+        let c = self
+            .store
+            .get(r.volume_id)
+            .ok_or_else(|| snap_status(SnapError::NotFound(r.volume_id)))?;
+        let job = c
+            .snap
+            .job(r.snapshot_id)
+            .ok_or_else(|| snap_status(SnapError::NoJob(r.snapshot_id)))?;
+        Ok(Response::new(pb::DescribeSnapshotJobResponse {
+            job: Some(job.to_pb()),
+        }))
+    }
+
+    async fn forget_snapshot_job(
+        &self,
+        r: Request<pb::ForgetSnapshotJobRequest>,
+    ) -> Result<Response<pb::ForgetSnapshotJobResponse>, Status> {
+        let r = r.into_inner();
+        if let Some(c) = self.store.get(r.volume_id) {
+            c.snap.forget(r.snapshot_id).map_err(snap_status)?;
+        }
+        Ok(Response::new(pb::ForgetSnapshotJobResponse {}))
+    }
+
+    async fn mark_snapshot(
+        &self,
+        r: Request<pb::MarkSnapshotRequest>,
+    ) -> Result<Response<pb::MarkSnapshotResponse>, Status> {
+        let r = r.into_inner();
+        let c = self
+            .store
+            .get(r.volume_id)
+            .ok_or_else(|| snap_status(SnapError::NotFound(r.volume_id)))?;
+        crate::snap::mark(&c, r.snapshot_id);
+        Ok(Response::new(pb::MarkSnapshotResponse {}))
     }
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::dirty::Tracker;
 use crate::meta::{CopyMeta, Role};
 use crate::mirror::MirrorLink;
+use crate::snap::hydrate::{Hydration, Source};
 
 pub const DATA_FILE: &str = "data";
 
@@ -86,11 +87,25 @@ pub struct Copy {
     pub dirty: Arc<Tracker>,
     /// Bumped after every layout change, for tasks that follow the layout.
     layout_changed: tokio::sync::watch::Sender<u64>,
+    /// Change maps, and on a primary its snapshot jobs.
+    pub snap: crate::snap::SnapState,
+    /// Set while the copy loads the snapshot it was created from.
+    hydration: RwLock<Option<Arc<Hydration>>>,
 }
 
 impl Copy {
     /// Creates the directory, a sparse data file and the metadata.
     pub fn create(dir: &Path, meta: CopyMeta) -> Result<Copy, CopyError> {
+        Self::create_from(dir, meta, None)
+    }
+
+    /// [`Copy::create`], loading `source` (a snapshot) on demand. The
+    /// metadata is written last: a copy without it is removed at start.
+    pub fn create_from(
+        dir: &Path,
+        meta: CopyMeta,
+        source: Option<Source>,
+    ) -> Result<Copy, CopyError> {
         std::fs::create_dir_all(dir)?;
         let file = OpenOptions::new()
             .read(true)
@@ -99,8 +114,14 @@ impl Copy {
             .open(dir.join(DATA_FILE))?;
         file.set_len(meta.size_bytes)?;
         file.sync_all()?;
+        let hydration = source
+            .map(|s| Hydration::create(dir, s))
+            .transpose()?
+            .map(Arc::new);
         meta.store(dir)?;
-        Ok(Self::from_parts(dir, file, meta))
+        let copy = Self::from_parts(dir, file, meta);
+        *copy.hydration.write().unwrap_or_else(|e| e.into_inner()) = hydration;
+        Ok(copy)
     }
 
     /// Opens an existing copy after a restart.
@@ -116,7 +137,10 @@ impl Copy {
             // file is a crash in between: finish it.
             file.set_len(meta.size_bytes)?;
         }
-        Ok(Self::from_parts(dir, file, meta))
+        let hydration = Hydration::open(dir)?.map(Arc::new);
+        let copy = Self::from_parts(dir, file, meta);
+        *copy.hydration.write().unwrap_or_else(|e| e.into_inner()) = hydration;
+        Ok(copy)
     }
 
     fn from_parts(dir: &Path, file: File, meta: CopyMeta) -> Copy {
@@ -139,7 +163,46 @@ impl Copy {
             delta_resync_bytes: AtomicU64::new(0),
             dirty,
             layout_changed: tokio::sync::watch::channel(0).0,
+            snap: Default::default(),
+            hydration: RwLock::new(None),
         }
+    }
+
+    /// The hydration of a copy created from a snapshot, until it completes.
+    pub fn hydration(&self) -> Option<Arc<Hydration>> {
+        self.hydration
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The data file, for positioned reads outside the copy (snapshots).
+    pub fn data_file(&self) -> &File {
+        &self.file
+    }
+
+    /// Applies a mutation (on a primary or a mirror), keeping snapshot state
+    /// in step: change maps and copy-on-write first, presence after. Called
+    /// under the ordering lock. `len` is the range's length (for a write,
+    /// `data.len()`).
+    pub fn apply_mutation(
+        &self,
+        op: basalt_proto::wire::Opcode,
+        offset: u64,
+        len: u64,
+        data: &[u8],
+    ) -> Result<(), CopyError> {
+        use basalt_proto::wire::Opcode;
+        self.check_range(offset, len)?;
+        self.snap.before_mutation(&self.file, offset, len)?;
+        match op {
+            Opcode::Write => self.write_at(offset, data)?,
+            _ => self.punch(offset, len)?,
+        }
+        if let Some(h) = self.hydration() {
+            h.after_mutation(op, offset, len, self.size());
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -411,9 +474,28 @@ impl Copy {
         Ok(())
     }
 
-    /// fdatasync: every write completed before this call is durable after it.
+    /// fdatasync: every write completed before this call is durable after
+    /// it. A hydrating copy then persists the presence bits set before the
+    /// sync started, and drops its source once every block is present.
     pub fn sync(&self) -> Result<(), CopyError> {
+        let Some(h) = self.hydration() else {
+            self.file.sync_data()?;
+            return Ok(());
+        };
+        let words = h.presence.take_unsynced();
         self.file.sync_data()?;
+        h.presence.persist(words)?;
+        if h.presence.complete() && h.presence.all_synced() {
+            let mut slot = self.hydration.write().unwrap_or_else(|e| e.into_inner());
+            if slot.is_some() {
+                Hydration::remove_files(&self.dir)?;
+                *slot = None;
+                tracing::info!(
+                    volume = self.volume_id,
+                    "every block of the source snapshot is local: hydration done"
+                );
+            }
+        }
         Ok(())
     }
 }

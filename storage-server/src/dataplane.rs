@@ -35,6 +35,7 @@ use crate::copy::{Copy, CopyError};
 use crate::error_map::wire_status;
 use crate::frames::{accept_hello, pool, read_frame, StallDeadline};
 use crate::mirror::{AckJoin, AckTo, MirrorLink, Payload};
+use crate::snap::hydrate::{self, Hydration};
 use crate::store::Store;
 
 pub struct DataCtx {
@@ -320,6 +321,11 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
             return reply_err(out, &h, &e);
         }
     }
+    if !replica && h.opcode != Opcode::Flush {
+        if let Some((hyd, blocks)) = hydration_wait(&copy, &h) {
+            return after_hydration(ctx, peer, copy, hyd, blocks, h, payload, out);
+        }
+    }
     match h.opcode {
         Opcode::Read => read(&copy, &h, out),
         Opcode::Flush => flush(ctx, copy, h, out.clone()),
@@ -352,11 +358,47 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
                     Err(e) => reply_err(out, &h, &e),
                 }
             } else {
-                primary_mutation(ctx, peer, copy, h, payload, out.clone());
+                let timeouts = Timeouts {
+                    mirror: ctx.mirror_timeout,
+                    sync: ctx.mirror_sync_timeout,
+                };
+                primary_mutation(timeouts, peer, copy, h, payload, out.clone());
             }
         }
         Opcode::Hello | Opcode::Ping => unreachable_reply(out, &h),
     }
+}
+
+/// Serves a request once the blocks it needs from the source snapshot are
+/// installed (a failed fetch answers IoError; the guest may retry).
+#[allow(clippy::too_many_arguments)]
+fn after_hydration(
+    ctx: &DataCtx,
+    peer: &Hello,
+    copy: Arc<Copy>,
+    hyd: Arc<Hydration>,
+    blocks: Vec<u64>,
+    h: Header,
+    payload: &mut Vec<u8>,
+    out: &Out,
+) {
+    let timeouts = Timeouts {
+        mirror: ctx.mirror_timeout,
+        sync: ctx.mirror_sync_timeout,
+    };
+    let peer = peer.clone();
+    let mut payload = std::mem::replace(payload, pool::take_any());
+    let out = out.clone();
+    tokio::spawn(async move {
+        if let Err(e) = hydrate::ensure(&copy, &hyd, blocks).await {
+            tracing::warn!(volume = copy.volume_id, "on-demand hydration failed: {e}");
+            return reply(&out, h.response(Status::IoError));
+        }
+        match h.opcode {
+            Opcode::Read => read(&copy, &h, &out),
+            _ => primary_mutation(timeouts, &peer, copy, h, &mut payload, out),
+        }
+    });
 }
 
 /// Backends may only address primaries; replica frames are accepted only
@@ -392,10 +434,17 @@ fn read(copy: &Copy, h: &Header, out: &Out) {
 }
 
 fn mutate(copy: &Copy, h: &Header, payload: &[u8]) -> Result<(), CopyError> {
-    match h.opcode {
-        Opcode::Write => copy.write_at(h.offset, payload),
-        _ => copy.punch(h.offset, u64::from(h.length)),
-    }
+    copy.apply_mutation(h.opcode, h.offset, u64::from(h.length), payload)
+}
+
+/// On a primary loading a snapshot: the blocks a request must wait for
+/// (fetched and installed first), if any.
+fn hydration_wait(copy: &Arc<Copy>, h: &Header) -> Option<(Arc<Hydration>, Vec<u64>)> {
+    let hyd = copy.hydration()?;
+    // Out-of-range requests are refused by the normal path.
+    copy.check_range(h.offset, u64::from(h.length)).ok()?;
+    let blocks = hyd.needs(h.opcode, h.offset, u64::from(h.length), copy.size());
+    (!blocks.is_empty()).then_some((hyd, blocks))
 }
 
 /// Applies locally, forwards to every mirror in the same order, and answers
@@ -404,8 +453,14 @@ fn mutate(copy: &Copy, h: &Header, payload: &[u8]) -> Result<(), CopyError> {
 /// from the pool), not copied. Without FUA, the answer is sent by whoever
 /// completes the request last (the local write, or the link reader that
 /// receives the last mirror acknowledgement): no task per write.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    mirror: Duration,
+    sync: Duration,
+}
+
 fn primary_mutation(
-    ctx: &DataCtx,
+    ctx: Timeouts,
     peer: &Hello,
     copy: Arc<Copy>,
     h: Header,
@@ -421,12 +476,7 @@ fn primary_mutation(
         Some(p) => &p[..],
         None => &payload[..],
     };
-    let deadline = Instant::now()
-        + if fua {
-            ctx.mirror_sync_timeout
-        } else {
-            ctx.mirror_timeout
-        };
+    let deadline = Instant::now() + if fua { ctx.sync } else { ctx.mirror };
     // Everything from the epoch check to the last queued frame happens under
     // the ordering lock, so a layout change (which takes it too) sees either
     // none or all of it: the epoch, the links and the mirrors' order agree.
@@ -496,7 +546,7 @@ fn primary_mutation(
         // No mirrors: done.
         return reply(&out, h.response(Status::Ok));
     }
-    let timeout = ctx.mirror_sync_timeout;
+    let timeout = ctx.sync;
     tokio::spawn(async move {
         let c = copy.clone();
         let local = tokio::task::spawn_blocking(move || c.sync())

@@ -60,6 +60,10 @@ reports_only! {
     register_node(pb::RegisterNodeRequest) -> pb::RegisterNodeResponse;
     node_heartbeat(pb::NodeHeartbeatRequest) -> pb::NodeHeartbeatResponse;
     list_nodes(pb::ListNodesRequest) -> pb::ListNodesResponse;
+    create_snapshot(pb::CreateSnapshotRequest) -> pb::Snapshot;
+    describe_snapshot(pb::DescribeSnapshotRequest) -> pb::Snapshot;
+    list_snapshots(pb::ListSnapshotsRequest) -> pb::ListSnapshotsResponse;
+    delete_snapshot(pb::DeleteSnapshotRequest) -> pb::DeleteSnapshotResponse;
 }
 
 /// Serves `handler` on `listener` until the runtime stops.

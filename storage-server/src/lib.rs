@@ -14,6 +14,7 @@ pub mod meta;
 pub mod mirror;
 pub mod report;
 pub mod resync;
+pub mod snap;
 pub mod store;
 pub mod testing;
 

@@ -65,7 +65,9 @@ pub fn reconcile(copy: &Arc<Copy>, syncing: &[Arc<MirrorLink>]) {
 async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>, delta: bool) {
     let id = link.peer.server_id.clone();
     let mut misses = copy.dirty.misses();
-    let mut full = !(delta && copy.dirty.has(&id));
+    // A copy loading a snapshot is always filled block by block (see
+    // `hydrating_piece`): a delta would not carry which blocks are present.
+    let mut full = !(delta && copy.dirty.has(&id)) || copy.hydration().is_some();
     if delta && full {
         tracing::info!(volume = copy.volume_id, mirror = %id, "no dirty-region map for the returning mirror (this primary restarted or never saw it leave): full copy");
     }
@@ -151,7 +153,10 @@ async fn send_ranges(
                 if pos >= end {
                     break;
                 }
-                piece(copy, link, pos, end, &mut buf)?
+                match copy.hydration() {
+                    Some(h) => hydrating_piece(copy, &h, link, pos, end, &mut buf)?,
+                    None => piece(copy, link, pos, end, &mut buf)?,
+                }
             };
             pending.push_back(rx);
             if pending.len() >= WINDOW {
@@ -173,6 +178,43 @@ async fn send_ranges(
     flush.flags = Flags(Flags::REPLICA);
     ack(link.send(flush, &[])).await?;
     Ok(sent)
+}
+
+/// [`piece`] for a copy loading a snapshot: whole blocks only, so that the
+/// mirror learns which are present (a full-block write makes a block
+/// present on any copy). A present block is sent as one write, holes
+/// included; a block not present is skipped (it is zeroes on every copy
+/// and will be installed through the replica stream). `buf` must hold a
+/// block.
+fn hydrating_piece(
+    copy: &Copy,
+    h: &crate::snap::hydrate::Hydration,
+    link: &MirrorLink,
+    pos: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> Result<(oneshot::Receiver<Status>, u64, bool), Status> {
+    use crate::snap::bits::BLOCK;
+    let b = pos / BLOCK;
+    let block_end = ((b + 1) * BLOCK).min(copy.size());
+    let len = block_end - pos;
+    if !pos.is_multiple_of(BLOCK) || end < block_end || !h.presence.is_present(b) {
+        // Nothing to send for this block: an empty write keeps the window
+        // logic uniform.
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Status::Ok);
+        return Ok((rx, len.min(end - pos).max(1), false));
+    }
+    let buf = &mut buf[..len as usize];
+    copy.read_at(pos, buf).map_err(|_| Status::IoError)?;
+    let hdr = Header {
+        offset: pos,
+        length: len as u32,
+        flags: Flags(Flags::REPLICA),
+        ..Header::request(Opcode::Write, 0, copy.volume_id, copy.epoch())
+    }
+    .with_payload(buf);
+    Ok((link.send(hdr, buf), len, true))
 }
 
 /// Queues the piece of `pos..end` that starts at `pos`: data up to one

@@ -8,6 +8,7 @@ use crate::copy::{Copy, CopyError, Links};
 use crate::meta::{CopyMeta, PeerMeta, Role};
 use crate::mirror::{LinkSettings, MirrorLink};
 use crate::report::Reporter;
+use crate::snap::hydrate::Source;
 
 /// Largest volume a server accepts: 64 TiB.
 pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
@@ -203,6 +204,7 @@ impl Store {
     fn start_links(&self, copy: &Arc<Copy>) {
         copy.install_links(self.links_for(copy, &copy.meta()));
         crate::resync::reconcile(copy, &copy.syncing());
+        crate::snap::hydrate::start_background(copy);
     }
 
     pub fn create(
@@ -211,6 +213,28 @@ impl Store {
         size_bytes: u64,
         layout: Layout,
     ) -> Result<Arc<Copy>, StoreError> {
+        self.create_from(volume_id, size_bytes, layout, None)
+    }
+
+    /// Creates a copy, loading `source` (a snapshot no larger than the
+    /// copy) on demand and in the background.
+    pub fn create_from(
+        &self,
+        volume_id: u64,
+        size_bytes: u64,
+        layout: Layout,
+        source: Option<Source>,
+    ) -> Result<Arc<Copy>, StoreError> {
+        if let Some(s) = &source {
+            if s.snapshot_size == 0 || s.snapshot_size > size_bytes {
+                return Err(StoreError::Invalid(format!(
+                    "the source snapshot's size {} must be non-zero and at most the copy's size {size_bytes}",
+                    s.snapshot_size
+                )));
+            }
+            basalt_snapshot::Destination::open(&s.spec())
+                .map_err(|e| StoreError::Invalid(format!("source destination: {e}")))?;
+        }
         if size_bytes == 0 || !size_bytes.is_multiple_of(4096) || size_bytes > MAX_VOLUME_BYTES {
             return Err(StoreError::Invalid(format!(
                 "size_bytes must be a non-zero multiple of 4096 up to {MAX_VOLUME_BYTES}, got {size_bytes}"
@@ -231,7 +255,11 @@ impl Store {
             syncing: layout.syncing,
             attachment: layout.attachment,
         };
-        let copy = Arc::new(Copy::create(&self.root.join(volume_id.to_string()), meta)?);
+        let copy = Arc::new(Copy::create_from(
+            &self.root.join(volume_id.to_string()),
+            meta,
+            source,
+        )?);
         self.start_links(&copy);
         copies.insert(volume_id, copy.clone());
         Ok(copy)
@@ -284,6 +312,7 @@ impl Store {
             links,
         )?;
         crate::resync::reconcile(&copy, &copy.syncing());
+        crate::snap::hydrate::start_background(&copy);
         Ok(copy)
     }
 }

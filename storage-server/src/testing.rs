@@ -128,6 +128,28 @@ impl LocalServer {
         })
     }
 
+    /// The server's copies, for tests that drive them directly.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Enters the server's runtime (for calls that spawn tasks on it).
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.handle.enter()
+    }
+
+    /// Runs `f` on the server's runtime and waits for it.
+    pub fn block_on<F: std::future::Future + Send + 'static>(&self, f: F) -> F::Output
+    where
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().expect("the server's runtime stopped")
+    }
+
     fn create(&self, volume_id: u64, size_bytes: u64, layout: Layout) -> anyhow::Result<()> {
         let _rt = self.handle.enter();
         self.store.create(volume_id, size_bytes, layout)?;
