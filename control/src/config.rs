@@ -39,6 +39,24 @@ pub struct Args {
     /// from scratch on another server.
     #[arg(long, default_value_t = 30_000)]
     pub rejoin_wait_ms: u64,
+    /// A snapshot destination, `NAME=URL[,endpoint=URL][,region=R]
+    /// [,allow-http][,credentials-file=PATH]`, URL `file:///dir` or
+    /// `s3://bucket[/prefix]`; repeat for several. The first is the default.
+    /// Without any: `local=file://<state-dir>/snapshots`.
+    #[arg(long = "destination")]
+    pub destinations: Vec<String>,
+    /// Background hydration rate of a volume created from a snapshot, MiB/s
+    /// per volume (0 = unlimited). Reads of blocks not yet local are served
+    /// on demand whatever the rate.
+    #[arg(long, default_value_t = 256)]
+    pub hydration_rate_mib: u64,
+    /// Snapshot upload rate per volume, MiB/s of volume data read (0 =
+    /// unlimited): bounds what an upload takes from the guest's disk.
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_rate_mib: u64,
+    /// How often uploads and hydrations are polled for progress.
+    #[arg(long, default_value_t = 250)]
+    pub snapshot_poll_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +65,8 @@ pub enum ConfigError {
     ZeroTimer(&'static str),
     #[error("--down-after-ms must be longer than --heartbeat-interval-ms")]
     DownTooShort,
+    #[error("--destination: {0}")]
+    Destination(String),
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +79,11 @@ pub struct Config {
     pub peer_timeout: Duration,
     pub probe_timeout: Duration,
     pub rejoin_wait: Duration,
+    /// Snapshot destinations; the first is the default.
+    pub destinations: Vec<basalt_snapshot::DestinationSpec>,
+    pub hydration_rate: u64,
+    pub snapshot_rate: u64,
+    pub snapshot_poll: Duration,
 }
 
 impl TryFrom<Args> for Config {
@@ -70,6 +95,7 @@ impl TryFrom<Args> for Config {
             (a.reconcile_interval_ms, "--reconcile-interval-ms"),
             (a.peer_timeout_ms, "--peer-timeout-ms"),
             (a.probe_timeout_ms, "--probe-timeout-ms"),
+            (a.snapshot_poll_ms, "--snapshot-poll-ms"),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroTimer(n));
@@ -78,7 +104,34 @@ impl TryFrom<Args> for Config {
         if a.down_after_ms <= a.heartbeat_interval_ms {
             return Err(ConfigError::DownTooShort);
         }
+        let mut destinations = a
+            .destinations
+            .iter()
+            .map(|d| {
+                basalt_snapshot::DestinationSpec::parse_flag(d)
+                    .map_err(|e| ConfigError::Destination(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if destinations.is_empty() {
+            destinations.push(basalt_snapshot::DestinationSpec {
+                name: "local".into(),
+                url: format!("file://{}", a.state_dir.join("snapshots").display()),
+                ..Default::default()
+            });
+        }
+        let mut names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != destinations.len() {
+            return Err(ConfigError::Destination(
+                "two destinations share a name".into(),
+            ));
+        }
         Ok(Config {
+            destinations,
+            hydration_rate: a.hydration_rate_mib << 20,
+            snapshot_rate: a.snapshot_rate_mib << 20,
+            snapshot_poll: Duration::from_millis(a.snapshot_poll_ms),
             listen: a.listen,
             state_dir: a.state_dir,
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),

@@ -49,6 +49,14 @@ impl Control {
             }),
             copies: v.copies.len() as u32,
             created_at: v.created_at,
+            source_snapshot_id: v.source.as_ref().map_or(0, |s| s.snapshot_id),
+            hydration: v.source.as_ref().map(|s| pb::Hydration {
+                snapshot_id: s.snapshot_id,
+                blocks_total: s.blocks_total,
+                blocks_present: s.blocks_present,
+                bytes_fetched: s.bytes_fetched,
+                complete: s.hydrated,
+            }),
         }
     }
 }

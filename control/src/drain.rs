@@ -120,6 +120,7 @@ impl Control {
             volume_id: v.id,
             size_bytes: v.size_bytes,
             layout: Some(self.layout_pb(&v, &m.to)?),
+            source: self.source_pb(&v)?,
         };
         match cl.create_copy(req).await {
             Ok(_) => {}

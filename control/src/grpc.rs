@@ -49,6 +49,35 @@ impl control_server::Control for Api {
         Ok(Response::new(pb::ListVolumesResponse { volumes }))
     }
 
+    async fn create_snapshot(&self, r: Request<pb::CreateSnapshotRequest>) -> R<pb::Snapshot> {
+        let s = self.0.create_snapshot(r.into_inner()).await?;
+        Ok(Response::new(crate::snapshots::snapshot_pb(&s)))
+    }
+
+    async fn describe_snapshot(&self, r: Request<pb::DescribeSnapshotRequest>) -> R<pb::Snapshot> {
+        let s = self
+            .0
+            .find_snapshot(&r.into_inner().snapshot.unwrap_or_default())?;
+        Ok(Response::new(crate::snapshots::snapshot_pb(&s)))
+    }
+
+    async fn list_snapshots(
+        &self,
+        r: Request<pb::ListSnapshotsRequest>,
+    ) -> R<pb::ListSnapshotsResponse> {
+        Ok(Response::new(self.0.list_snapshots(r.into_inner())?))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        r: Request<pb::DeleteSnapshotRequest>,
+    ) -> R<pb::DeleteSnapshotResponse> {
+        self.0
+            .delete_snapshot(&r.into_inner().snapshot.unwrap_or_default())
+            .await?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+
     async fn resize_volume(&self, r: Request<pb::ResizeVolumeRequest>) -> R<pb::Volume> {
         let v = self.0.resize(r.into_inner()).await?;
         Ok(Response::new(self.0.volume_pb(&v)))

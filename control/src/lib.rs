@@ -14,6 +14,7 @@ pub mod placement;
 mod reconcile;
 pub mod registry;
 mod report;
+mod snapshots;
 pub mod store;
 mod volumes;
 
@@ -32,6 +33,8 @@ pub struct Control {
     pub registry: registry::Registry,
     clients: clients::Clients,
     ops: tokio::sync::Mutex<()>,
+    /// Per destination: held by a sweep, and briefly by a snapshot point.
+    gc_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     config: Config,
 }
 
@@ -45,6 +48,7 @@ impl Control {
                 request_timeout: config.peer_timeout,
             },
             ops: tokio::sync::Mutex::new(()),
+            gc_locks: Default::default(),
             config,
         }
     }
@@ -97,6 +101,13 @@ pub async fn serve(
             tokio::time::sleep(rec.config.reconcile_interval).await;
         }
     });
+    let poll = control.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            poll.poll_snapshots().await;
+            tokio::time::sleep(poll.config.snapshot_poll).await;
+        }
+    });
     tracing::info!(listen = %listener.local_addr()?, "basalt-control ready");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let r = tonic::transport::Server::builder()
@@ -104,5 +115,6 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     reconciler.abort();
+    poller.abort();
     r.context("control API server failed")
 }

@@ -86,6 +86,85 @@ pub struct VolumeRecord {
     /// volume: a copy refuses backends of an older generation).
     #[serde(default)]
     pub attach_gen: u64,
+    /// The snapshot this volume was created from, while it hydrates (and
+    /// after, for the record).
+    #[serde(default)]
+    pub source: Option<SourceRecord>,
+}
+
+/// A volume's source snapshot and its hydration, as last seen on the
+/// primary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub snapshot_id: u64,
+    pub destination: String,
+    pub snapshot_size: u64,
+    pub blocks_total: u64,
+    pub blocks_present: u64,
+    pub bytes_fetched: u64,
+    /// Every block is local on every copy: the snapshot is no longer needed.
+    pub hydrated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SnapshotState {
+    /// Point taken; uploading on `primary` (polled; resumed after a restart).
+    Creating,
+    Complete,
+    Failed,
+    /// Manifest being deleted (resumed after a restart).
+    Deleting,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotProgressRecord {
+    pub blocks_total: u64,
+    pub blocks_done: u64,
+    pub bytes_read: u64,
+    pub bytes_uploaded: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+    pub data_bytes: u64,
+    pub change_source: String,
+    pub cow_blocks: u64,
+    pub point_micros: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: u64,
+    pub name: String,
+    pub tenant: String,
+    pub volume_id: u64,
+    pub volume_name: String,
+    pub destination: String,
+    pub parent_id: u64,
+    pub state: SnapshotState,
+    #[serde(default)]
+    pub failure: String,
+    pub size_bytes: u64,
+    pub created_at: i64,
+    #[serde(default)]
+    pub completed_at: i64,
+    /// Server running the upload, and the layout epoch of the point.
+    pub primary: String,
+    pub epoch: u64,
+    /// The primary took the point (persisted once SnapshotPoint returned).
+    #[serde(default)]
+    pub point_taken: bool,
+    #[serde(default)]
+    pub progress: SnapshotProgressRecord,
+}
+
+impl SnapshotRecord {
+    pub fn key(&self) -> String {
+        snapshot_key(self.id)
+    }
+}
+
+pub fn snapshot_key(id: u64) -> String {
+    format!("{id:020}")
 }
 
 /// A copy dropped from a volume's layout by a failover.

@@ -21,6 +21,7 @@ pub enum Table {
     Servers,
     Nodes,
     Counters,
+    Snapshots,
 }
 
 impl Table {
@@ -30,6 +31,7 @@ impl Table {
             Table::Servers => "servers",
             Table::Nodes => "nodes",
             Table::Counters => "counters",
+            Table::Snapshots => "snapshots",
         })
     }
 }
@@ -67,6 +69,7 @@ impl RedbStore {
             Table::Servers,
             Table::Nodes,
             Table::Counters,
+            Table::Snapshots,
         ] {
             tx.open_table(t.def()).map_err(be)?;
         }

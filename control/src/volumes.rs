@@ -21,7 +21,7 @@ pub const MAX_COPIES: u32 = 5;
 pub const DEFAULT_TENANT: &str = "default";
 const BACKEND_QUEUES: u32 = 2;
 
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
         && n.chars()
@@ -97,7 +97,7 @@ impl Control {
             .collect())
     }
 
-    pub async fn create_volume(&self, r: pb::CreateVolumeRequest) -> Result<VolumeRecord> {
+    pub async fn create_volume(&self, mut r: pb::CreateVolumeRequest) -> Result<VolumeRecord> {
         let tenant = if r.tenant.is_empty() {
             DEFAULT_TENANT.to_owned()
         } else {
@@ -108,6 +108,38 @@ impl Control {
                 "name and tenant must be 1-63 of [A-Za-z0-9._-]".into(),
             ));
         }
+        let source = match r.from_snapshot.as_ref() {
+            Some(sr) if sr.id != 0 || !sr.name.is_empty() => {
+                let mut sr = sr.clone();
+                if sr.tenant.is_empty() {
+                    sr.tenant = tenant.clone();
+                }
+                let snap = self.find_snapshot(&sr)?;
+                if snap.state != SnapshotState::Complete {
+                    return Err(ControlError::Precondition(format!(
+                        "snapshot {} is {:?}: only a complete snapshot can be restored",
+                        snap.id, snap.state
+                    )));
+                }
+                if r.size_bytes == 0 {
+                    r.size_bytes = snap.size_bytes;
+                }
+                if r.size_bytes < snap.size_bytes {
+                    return Err(ControlError::Invalid(format!(
+                        "size {} is smaller than snapshot {}'s size {}: a volume from a snapshot may only be as large or larger",
+                        r.size_bytes, snap.id, snap.size_bytes
+                    )));
+                }
+                Some(SourceRecord {
+                    snapshot_id: snap.id,
+                    destination: snap.destination.clone(),
+                    snapshot_size: snap.size_bytes,
+                    blocks_total: snap.size_bytes.div_ceil(basalt_snapshot::BLOCK_SIZE),
+                    ..Default::default()
+                })
+            }
+            _ => None,
+        };
         check_size(r.size_bytes)?;
         let copies = if r.copies == 0 { 2 } else { r.copies };
         if copies > MAX_COPIES {
@@ -148,6 +180,7 @@ impl Control {
             layout_pending: false,
             dropped: vec![],
             attach_gen: 0,
+            source,
         };
         self.save(&v)?;
         tracing::info!(volume = v.id, name = %v.name, size = v.size_bytes, copies = ?v.copies, "creating volume");
@@ -225,6 +258,7 @@ impl Control {
                 volume_id: v.id,
                 size_bytes: v.size_bytes,
                 layout: Some(self.layout_pb(v, &c.server_id)?),
+                source: self.source_pb(v)?,
             };
             match cl.create_copy(req).await {
                 Ok(_) => {}
