@@ -22,7 +22,7 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Tenant owning the volumes addressed by name.
+    /// Tenant owning the volumes and snapshots addressed by name.
     #[arg(long, global = true, env = "BASALT_TENANT", default_value = "default")]
     pub tenant: String,
     #[command(subcommand)]
@@ -40,6 +40,9 @@ pub enum Command {
     /// Create, inspect, attach and delete volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Snapshots of volumes, stored in an object-store destination.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Storage servers.
     #[command(subcommand)]
     Server(ServerCmd),
@@ -52,15 +55,23 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCmd {
-    /// Create a replicated volume.
+    /// Create a replicated volume, empty or from a snapshot.
     Create {
         name: String,
-        /// Size, e.g. 10G.
-        #[arg(long)]
-        size: String,
+        /// Size, e.g. 10G; with --from-snapshot, optional (default: the
+        /// snapshot's size) and at least the snapshot's size.
+        #[arg(long, required_unless_present = "from_snapshot")]
+        size: Option<String>,
         /// Copies in all (primary + mirrors).
         #[arg(long, default_value_t = 2)]
         copies: u32,
+        /// Create the volume from this COMPLETE snapshot (id or name); it is
+        /// usable at once and loads the snapshot in the background.
+        #[arg(long, value_name = "SNAPSHOT")]
+        from_snapshot: Option<String>,
+        /// Wait until the volume has loaded its snapshot, showing progress.
+        #[arg(long)]
+        wait: bool,
     },
     /// List volumes.
     List,
@@ -87,6 +98,45 @@ pub enum VolumeCmd {
     Detach { volume: String },
     /// Delete a volume (must be detached).
     Delete { volume: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a volume: marks the point in time and returns at once (the
+    /// upload runs in the background).
+    Create {
+        /// The volume (id or name).
+        volume: String,
+        /// Snapshot name, unique within the tenant.
+        #[arg(long)]
+        name: String,
+        /// Destination to store it in (default: the control service's default).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Wait until the upload is COMPLETE, showing progress; fails if it
+        /// FAILED.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List snapshots (all pages).
+    List {
+        /// Only this volume's snapshots (id or name).
+        #[arg(long)]
+        volume: Option<String>,
+        /// Snapshots per call, 1-1000 (default: the control service's, 100).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: Option<u32>,
+    },
+    /// Show one snapshot, with its upload progress.
+    Show {
+        /// The snapshot (id or name).
+        snapshot: String,
+    },
+    /// Delete a snapshot (refused while it is CREATING or a volume loads it).
+    Delete {
+        /// The snapshot (id or name).
+        snapshot: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,4 @@
-//! Volume, server and node commands: one gRPC call each.
+//! Volume, server and node commands: one gRPC call each (`--wait` polls).
 
 use basalt_proto::control as pb;
 use basalt_proto::control::control_client::ControlClient;
@@ -8,6 +8,7 @@ use tonic::transport::Channel;
 use crate::args::{Cli, Command, NodeCmd, Output, ServerCmd, VolumeCmd};
 use crate::output::*;
 use crate::size::{format_size, parse_size};
+use crate::snapshot::{sref, wait_hydration};
 
 pub async fn connect(endpoint: &str) -> anyhow::Result<ControlClient<Channel>> {
     let ep = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
@@ -23,13 +24,23 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<ControlClient<Channel>> {
         .map_err(|_| anyhow::anyhow!("cannot reach the control service at {endpoint}: is it running? (set --control or BASALT_CONTROL)"))
 }
 
-fn vref(cli: &Cli, v: &str) -> pb::VolumeRef {
-    match v.parse::<u64>() {
-        Ok(id) => pb::VolumeRef {
+/// The id of a volume or snapshot reference that is all digits; any other
+/// reference is a name.
+pub fn ref_id(r: &str) -> Option<u64> {
+    if r.is_empty() || !r.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    r.parse().ok()
+}
+
+/// A volume by id (all digits) or by name within the tenant.
+pub fn vref(cli: &Cli, v: &str) -> pb::VolumeRef {
+    match ref_id(v) {
+        Some(id) => pb::VolumeRef {
             id,
             ..Default::default()
         },
-        Err(_) => pb::VolumeRef {
+        None => pb::VolumeRef {
             name: v.to_owned(),
             tenant: cli.tenant.clone(),
             id: 0,
@@ -50,19 +61,39 @@ fn volume(v: pb::Volume) -> Printed {
     }
 }
 
+/// A gRPC error as the one-line message the control service wrote.
+pub fn st(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message())
+}
+
 pub async fn run(cli: &Cli) -> anyhow::Result<Printed> {
     let mut c = connect(&cli.control).await?;
-    let st = |e: tonic::Status| anyhow::anyhow!("{}", e.message());
     Ok(match &cli.command {
-        Command::Volume(VolumeCmd::Create { name, size, copies }) => {
-            let size_bytes = parse_size(size).map_err(anyhow::Error::msg)?;
+        Command::Volume(VolumeCmd::Create {
+            name,
+            size,
+            copies,
+            from_snapshot,
+            wait,
+        }) => {
+            // Without a size, a volume from a snapshot has the snapshot's (0).
+            let size_bytes = match size {
+                Some(size) => parse_size(size).map_err(anyhow::Error::msg)?,
+                None => 0,
+            };
             let req = pb::CreateVolumeRequest {
                 name: name.clone(),
                 tenant: cli.tenant.clone(),
                 size_bytes,
                 copies: *copies,
+                from_snapshot: from_snapshot.as_deref().map(|s| sref(cli, s)),
             };
-            volume(c.create_volume(req).await.map_err(st)?.into_inner())
+            let v = c.create_volume(req).await.map_err(st)?.into_inner();
+            if *wait {
+                volume(wait_hydration(&mut c, v).await?)
+            } else {
+                volume(v)
+            }
         }
         Command::Volume(VolumeCmd::List) => {
             let vs = c
@@ -130,6 +161,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Printed> {
                 json: serde_json::json!({"deleted": v}),
             }
         }
+        Command::Snapshot(cmd) => crate::snapshot::run(cli, &mut c, cmd).await?,
         Command::Server(ServerCmd::List) => {
             let ss = c
                 .list_storage_servers(pb::ListStorageServersRequest {})
@@ -217,5 +249,81 @@ pub fn print(cli: &Cli, p: &Printed) {
             serde_json::to_string_pretty(&p.json).unwrap_or_default()
         ),
         Output::Table => println!("{}", p.table),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn refs() {
+        assert_eq!(ref_id("0"), Some(0));
+        assert_eq!(ref_id("17"), Some(17));
+        assert_eq!(ref_id(""), None);
+        assert_eq!(ref_id("db1"), None);
+        assert_eq!(ref_id("+17"), None);
+        assert_eq!(ref_id("-1"), None);
+        assert_eq!(ref_id(" 17"), None);
+        // Too large for an id: a name (that will not be found).
+        assert_eq!(ref_id("18446744073709551616"), None);
+        let cli = Cli::parse_from(["basalt", "volume", "show", "x"]);
+        assert_eq!(vref(&cli, "3").id, 3);
+        let r = vref(&cli, "db1");
+        assert_eq!((r.id, &*r.name, &*r.tenant), (0, "db1", "default"));
+    }
+
+    #[test]
+    fn volume_create_grammar() {
+        let parse = |a: &[&str]| {
+            Cli::try_parse_from([&["basalt", "volume", "create", "v"], a].concat())
+                .map(|c| c.command)
+        };
+        assert!(parse(&[]).is_err(), "a size or a snapshot is required");
+        assert!(matches!(
+            parse(&["--from-snapshot", "s1", "--wait"]),
+            Ok(Command::Volume(VolumeCmd::Create { size: None, wait: true, from_snapshot: Some(s), .. })) if s == "s1"
+        ));
+        assert!(matches!(
+            parse(&["--size", "1G"]),
+            Ok(Command::Volume(VolumeCmd::Create {
+                size: Some(_),
+                wait: false,
+                from_snapshot: None,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn snapshot_grammar() {
+        use crate::args::SnapshotCmd;
+        let parse = |a: &[&str]| {
+            Cli::try_parse_from([&["basalt", "snapshot"], a].concat()).map(|c| c.command)
+        };
+        assert!(matches!(
+            parse(&["create", "db1", "--name", "s1", "--destination", "s3", "--wait"]),
+            Ok(Command::Snapshot(SnapshotCmd::Create { volume, name, destination: Some(d), wait: true }))
+                if volume == "db1" && name == "s1" && d == "s3"
+        ));
+        assert!(parse(&["create", "db1"]).is_err(), "--name is required");
+        assert!(matches!(
+            parse(&["list", "--volume", "db1", "--page-size", "2"]),
+            Ok(Command::Snapshot(SnapshotCmd::List {
+                volume: Some(_),
+                page_size: Some(2)
+            }))
+        ));
+        assert!(parse(&["list", "--page-size", "0"]).is_err());
+        assert!(parse(&["list", "--page-size", "1001"]).is_err());
+        assert!(matches!(
+            parse(&["show", "7"]),
+            Ok(Command::Snapshot(SnapshotCmd::Show { .. }))
+        ));
+        assert!(matches!(
+            parse(&["delete", "s1"]),
+            Ok(Command::Snapshot(SnapshotCmd::Delete { .. }))
+        ));
     }
 }

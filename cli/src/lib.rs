@@ -3,5 +3,7 @@
 pub mod args;
 pub mod commands;
 pub mod output;
+pub mod progress;
 pub mod size;
+pub mod snapshot;
 pub mod up;
