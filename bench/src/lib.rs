@@ -7,3 +7,4 @@ pub mod compare;
 pub mod job;
 pub mod procstat;
 pub mod report;
+pub mod stamp;

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use basalt_bench::compare::{self, CompareOpts};
 use basalt_bench::job::{self, parse_size, JobSpec, Limit, Rw, Watched};
 use basalt_bench::report;
+use basalt_bench::stamp::{self, StampLog, WriteOpts};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -31,6 +32,62 @@ enum Cmd {
         #[arg(long, default_value = "docs/bench/results.json")]
         results: PathBuf,
     },
+    /// Point-in-time check of a snapshot, part 1: write stamped 4 KiB blocks
+    /// at random offsets and run a command (the snapshot) part-way through
+    /// without pausing the writes; log every write and the command's times.
+    StampWrite(StampWriteArgs),
+    /// Point-in-time check of a snapshot, part 2: read a volume restored from
+    /// the snapshot and check every block against the log of `stamp-write`.
+    /// Exits non-zero on any violation.
+    StampCheck(StampCheckArgs),
+}
+
+#[derive(clap::Args)]
+struct StampWriteArgs {
+    /// vhost-user-blk socket of the volume to snapshot.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Bytes from offset 0 to fill and write (multiple of 4k).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    span: u64,
+    /// Writes in flight (one queue).
+    #[arg(long, default_value_t = 32)]
+    qd: usize,
+    /// Seconds of random writes after the initial fill.
+    #[arg(long, default_value_t = 6.0)]
+    seconds: f64,
+    /// Start the command this many seconds into the random writes.
+    #[arg(long, default_value_t = 3.0)]
+    at_secs: f64,
+    /// Command run with `sh -c` (e.g. "basalt snapshot create vol1 --name s1 --wait").
+    #[arg(long)]
+    cmd: String,
+    /// Where to write the JSON log.
+    #[arg(long)]
+    log: PathBuf,
+    /// Seed of the offset generator.
+    #[arg(long, default_value_t = 0x9e37_79b9_7f4a_7c15)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+struct StampCheckArgs {
+    /// vhost-user-blk socket of the volume restored from the snapshot.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Bytes from offset 0 to check (default: the span of the log).
+    #[arg(long, value_parser = parse_size)]
+    span: Option<u64>,
+    /// The log written by `stamp-write`.
+    #[arg(long)]
+    log: PathBuf,
+    /// Also write the JSON result here.
+    #[arg(long)]
+    result: Option<PathBuf>,
+    /// Skip the causality rule (a block must hold every write acknowledged
+    /// before the submission of any write the image holds).
+    #[arg(long)]
+    no_causal: bool,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +165,8 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(a) => run(a),
         Cmd::Compare(a) => compare_cmd(a),
+        Cmd::StampWrite(a) => stamp_write(a),
+        Cmd::StampCheck(a) => stamp_check(a),
         Cmd::Report { results } => {
             let r: compare::Results = serde_json::from_slice(
                 &std::fs::read(&results).with_context(|| results.display().to_string())?,
@@ -185,5 +244,79 @@ fn compare_cmd(a: CompareArgs) -> Result<()> {
     std::fs::write(o.out.join("README.md"), report::readme(&r))?;
     println!("{}", report::tables(&r));
     let _ = std::fs::remove_dir_all(&o.work);
+    Ok(())
+}
+
+fn stamp_write(a: StampWriteArgs) -> Result<()> {
+    let log = stamp::write(&WriteOpts {
+        socket: a.socket,
+        span: a.span,
+        qd: a.qd,
+        seconds: a.seconds,
+        at_secs: a.at_secs,
+        cmd: a.cmd,
+        seed: a.seed,
+    })?;
+    log.save(&a.log)?;
+    let f = &log.figures;
+    println!(
+        "stamp-write: fill {} writes in {:.2} s; {} writes in {:.2} s ({:.0} IOPS, latency µs p50 {:.1} p99 {:.1} max {:.0})",
+        f.fill_writes, f.fill_secs, f.writes, f.secs, f.iops, f.lat_p50_us, f.lat_p99_us, f.lat_max_us
+    );
+    println!(
+        "  command: {:.3} s, exit {:?}; {} writes in flight during it (longest {:.0} µs), {} submitted during it",
+        f.cmd_secs, log.cmd_status, f.in_flight_during_cmd, f.max_lat_during_cmd_us, f.submitted_during_cmd
+    );
+    if log.cmd_end_ns > log.run_end_ns {
+        eprintln!("warning: the command ended after the writes stopped; raise --seconds");
+    }
+    println!("  log: {}", a.log.display());
+    if !log.cmd_success {
+        bail!(
+            "command {:?} failed (exit {:?}): {}",
+            log.cmd,
+            log.cmd_status,
+            log.cmd_stderr.trim()
+        );
+    }
+    Ok(())
+}
+
+fn stamp_check(a: StampCheckArgs) -> Result<()> {
+    let log = StampLog::load(&a.log)?;
+    let span = a.span.unwrap_or(log.span);
+    if span > log.span {
+        bail!(
+            "--span {span} is larger than the span of the log ({})",
+            log.span
+        );
+    }
+    if !log.cmd_success {
+        eprintln!(
+            "warning: the command of the log failed (exit {:?})",
+            log.cmd_status
+        );
+    }
+    let image = stamp::read_image(&a.socket, span)?;
+    let r = stamp::check(&log, &image, !a.no_causal)?;
+    eprintln!(
+        "stamp-check: {} blocks, {} ok, {} violations; {} hold the last write acknowledged before the command, {} a write in flight during it ({} blocks had one)",
+        r.blocks, r.ok, r.violations, r.latest_acked_before_start, r.in_flight, r.blocks_with_in_flight_writes
+    );
+    for v in &r.examples {
+        eprintln!("  {}: {}", v.rule.name(), v.detail);
+    }
+    let json = serde_json::to_string_pretty(&r)?;
+    println!("{json}");
+    if let Some(p) = &a.result {
+        std::fs::write(p, format!("{json}\n")).with_context(|| p.display().to_string())?;
+    }
+    if r.violations > 0 {
+        bail!(
+            "{} of {} blocks break the point-in-time rules",
+            r.violations,
+            r.blocks
+        );
+    }
     Ok(())
 }

@@ -130,6 +130,7 @@ impl Admin {
             volume_id,
             size_bytes,
             layout: Some(layout),
+            source: None,
         };
         let r = self.rt.block_on(self.client.create_copy(req))?;
         r.into_inner().copy.context("no copy in response")

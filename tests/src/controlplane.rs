@@ -56,6 +56,8 @@ pub struct ManagedCluster {
     pub rt: tokio::runtime::Runtime,
     /// Per server, when started with [`ManagedCluster::start_proxied`].
     pub proxies: Vec<ServerProxies>,
+    /// Extra flags of the control service (kept across its restarts).
+    pub control_args: Vec<String>,
 }
 
 impl ManagedCluster {
@@ -63,13 +65,19 @@ impl ManagedCluster {
         format!("http://127.0.0.1:{}", self.base)
     }
 
-    fn start_control(root: &Path, base: u16) -> Result<Proc> {
-        Self::start_control_env(root, base, &[])
+    fn start_control(root: &Path, base: u16, args: &[String]) -> Result<Proc> {
+        Self::start_control_env(root, base, &[], args)
     }
 
-    fn start_control_env(root: &Path, base: u16, env: &[(&str, &str)]) -> Result<Proc> {
+    fn start_control_env(
+        root: &Path,
+        base: u16,
+        env: &[(&str, &str)],
+        args: &[String],
+    ) -> Result<Proc> {
         let mut cmd = Command::new(bin("basalt-control")?);
         cmd.envs(env.iter().copied());
+        cmd.args(args);
         cmd.args(["--listen", &format!("127.0.0.1:{base}"), "--state-dir"])
             .arg(root.join("control"))
             .args([
@@ -189,9 +197,28 @@ impl ManagedCluster {
         Self::start_with(root, servers, true)
     }
 
+    /// Like [`ManagedCluster::start`], with extra flags for the control
+    /// service (say, snapshot destinations).
+    pub fn start_with_control_args(
+        root: &Path,
+        servers: usize,
+        control_args: &[String],
+    ) -> Result<ManagedCluster> {
+        Self::start_full(root, servers, false, control_args)
+    }
+
     fn start_with(root: &Path, servers: usize, proxied: bool) -> Result<ManagedCluster> {
+        Self::start_full(root, servers, proxied, &[])
+    }
+
+    fn start_full(
+        root: &Path,
+        servers: usize,
+        proxied: bool,
+        control_args: &[String],
+    ) -> Result<ManagedCluster> {
         let base = free_ports(12 + 2 * servers as u16)?;
-        let control = Self::start_control(root, base)?;
+        let control = Self::start_control(root, base, control_args)?;
         let proxies = if proxied {
             (0..servers)
                 .map(|i| {
@@ -221,6 +248,7 @@ impl ManagedCluster {
             node,
             rt,
             proxies,
+            control_args: control_args.to_vec(),
         };
         c.wait_ready()?;
         Ok(c)
@@ -257,7 +285,7 @@ impl ManagedCluster {
     /// `kill -9` the control service and start it again on the same state.
     pub fn restart_control(&mut self) -> Result<()> {
         self.control.kill9();
-        self.control = Self::start_control(&self.root, self.base)?;
+        self.control = Self::start_control(&self.root, self.base, &self.control_args)?;
         self.wait_ready()
     }
 
@@ -265,7 +293,7 @@ impl ManagedCluster {
     /// armed failpoints); does not wait for it to be ready.
     pub fn restart_control_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         self.control.kill9();
-        self.control = Self::start_control_env(&self.root, self.base, env)?;
+        self.control = Self::start_control_env(&self.root, self.base, env, &self.control_args)?;
         Ok(())
     }
 
