@@ -5,8 +5,6 @@
 //! Every step is idempotent and resumed after a restart (see
 //! `docs/snapshots.md`).
 
-use std::collections::HashMap;
-
 use basalt_proto::control as pb;
 use basalt_proto::storage_admin as spb;
 use basalt_snapshot::{Destination, DestinationSpec};
@@ -299,8 +297,12 @@ impl Control {
             ControlError::Unavailable(format!("destination {}: {e}", s.destination))
         })?;
         basalt_failpoint::hit_async("snapshot.delete.after_manifest").await;
-        self.store
-            .apply(vec![Op::Delete(Table::Snapshots, s.key())])?;
+        // The record goes and the sweep is owed in one transaction: a crash
+        // during the sweep leaves it owed, and the poll loop runs it.
+        self.store.apply(vec![
+            Op::Delete(Table::Snapshots, s.key()),
+            Op::Put(Table::Sweeps, s.destination.clone(), b"1".to_vec()),
+        ])?;
         tracing::info!(
             snapshot = s.id,
             "snapshot deleted; sweeping its destination"
@@ -309,7 +311,8 @@ impl Control {
     }
 
     /// Deletes the destination's chunks that no manifest names, unless an
-    /// upload to it is in progress (then the next delete or restart sweeps).
+    /// upload to it is in progress (the sweep stays owed, in the `Sweeps`
+    /// table, and the poll loop runs it once no upload is).
     pub(crate) async fn sweep(&self, destination: &str) -> Result<()> {
         let _gc = self.gc_lock(destination).lock_owned().await;
         if self
@@ -325,6 +328,8 @@ impl Control {
             .sweep(&Default::default())
             .await
             .map_err(|e| ControlError::Unavailable(format!("sweeping {destination}: {e}")))?;
+        self.store
+            .apply(vec![Op::Delete(Table::Sweeps, destination.to_owned())])?;
         tracing::info!(
             destination,
             deleted = stats.chunks_deleted,
@@ -361,7 +366,6 @@ impl Control {
     /// One pass: progress of uploads and hydrations, resumed deletes.
     pub async fn poll_snapshots(&self) {
         let Ok(snaps) = self.snapshots() else { return };
-        let mut swept: HashMap<String, ()> = HashMap::new();
         for s in snaps {
             match s.state {
                 SnapshotState::Creating => {
@@ -370,13 +374,17 @@ impl Control {
                     }
                 }
                 SnapshotState::Deleting => {
-                    let dest = s.destination.clone();
                     if let Err(e) = self.finish_delete_snapshot(s).await {
                         tracing::warn!("resuming a snapshot delete: {e}");
                     }
-                    swept.insert(dest, ());
                 }
                 _ => {}
+            }
+        }
+        let owed = self.store.list(Table::Sweeps).unwrap_or_default();
+        for (destination, _) in owed {
+            if let Err(e) = self.sweep(&destination).await {
+                tracing::warn!(destination, "owed sweep: {e}");
             }
         }
         let Ok(vols) = self.volumes() else { return };

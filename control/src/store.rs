@@ -22,6 +22,8 @@ pub enum Table {
     Nodes,
     Counters,
     Snapshots,
+    /// Destinations owed a sweep (a delete finished, the sweep did not).
+    Sweeps,
 }
 
 impl Table {
@@ -32,6 +34,7 @@ impl Table {
             Table::Nodes => "nodes",
             Table::Counters => "counters",
             Table::Snapshots => "snapshots",
+            Table::Sweeps => "sweeps",
         })
     }
 }
@@ -70,6 +73,7 @@ impl RedbStore {
             Table::Nodes,
             Table::Counters,
             Table::Snapshots,
+            Table::Sweeps,
         ] {
             tx.open_table(t.def()).map_err(be)?;
         }

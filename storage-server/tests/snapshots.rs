@@ -357,3 +357,77 @@ fn a_copy_from_a_snapshot_serves_at_once_and_hydrates_through_a_failover() {
         "the source is dropped once hydrated"
     );
 }
+
+/// A rate-limited hydration with a mirror finishes on both copies and drops
+/// the source everywhere.
+#[test]
+fn a_rate_limited_hydration_finishes_on_every_copy() {
+    let root = tempfile::tempdir().unwrap();
+    let dest = spec(&root.path().join("dest"));
+    let src = LocalServer::start(&root.path().join("s"), "s-src").unwrap();
+    src.create_primary(VOL, SIZE).unwrap();
+    let mut c = Client::connect(src.data_addr, PeerRole::Backend, "b1");
+    for b in 0..4usize {
+        assert_eq!(
+            c.op(
+                Opcode::Write,
+                1,
+                (b * BLOCK) as u64,
+                BLOCK as u32,
+                &block(3, b)
+            ),
+            Status::Ok
+        );
+    }
+    point(&src, &dest, 9, 0);
+    wait_job(&src, 9);
+    let p = LocalServer::start(&root.path().join("p"), "s-primary2").unwrap();
+    let m = LocalServer::start(&root.path().join("m"), "s-mirror2").unwrap();
+    let source = Source {
+        snapshot_id: 9,
+        snapshot_size: SIZE,
+        rate_bytes_per_sec: 1 << 20,
+        name: dest.name.clone(),
+        url: dest.url.clone(),
+        endpoint: String::new(),
+        region: String::new(),
+        allow_http: false,
+        access_key_id: String::new(),
+        secret_access_key: String::new(),
+    };
+    {
+        let _rt = m.enter();
+        m.store()
+            .create_from(
+                VOL,
+                SIZE,
+                hydrating_layout(Role::Mirror, None),
+                Some(source.clone()),
+            )
+            .unwrap();
+    }
+    {
+        let _rt = p.enter();
+        p.store()
+            .create_from(
+                VOL,
+                SIZE,
+                hydrating_layout(Role::Primary, Some(("s-mirror2", m.data_addr))),
+                Some(source),
+            )
+            .unwrap();
+    }
+    p.wait_replicating(VOL, Duration::from_secs(10)).unwrap();
+    let mut c = Client::connect(p.data_addr, PeerRole::Backend, "b2");
+    let (s, _) = c.read(1, 0, 4096);
+    assert_eq!(s, Status::Ok);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if p.copy(VOL).unwrap().hydration().is_none() && m.copy(VOL).unwrap().hydration().is_none()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("hydration never finished on both copies");
+}

@@ -360,7 +360,7 @@ pub fn start_background(copy: &Arc<Copy>) {
 async fn background(copy: &Arc<Copy>, h: &Arc<Hydration>) {
     let rate = h.source.rate_bytes_per_sec;
     let started = Instant::now();
-    let mut done = 0u64;
+    let fetched_before = h.bytes_fetched.load(Ordering::Relaxed);
     let mut last_sync = Instant::now();
     tracing::info!(
         volume = copy.volume_id,
@@ -382,7 +382,8 @@ async fn background(copy: &Arc<Copy>, h: &Arc<Hydration>) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 break;
             }
-            done += batch.len() as u64 * BLOCK;
+            // The rate counts bytes fetched (zero blocks cost nothing).
+            let done = h.bytes_fetched.load(Ordering::Relaxed) - fetched_before;
             if rate > 0 {
                 let due = Duration::from_secs_f64(done as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -394,6 +395,17 @@ async fn background(copy: &Arc<Copy>, h: &Arc<Hydration>) {
                 last_sync = Instant::now();
             }
         }
+    }
+    // Every block is present; the source is dropped by a sync that finds
+    // every presence bit persisted. A guest write racing a sync can leave
+    // one unpersisted: sync again until it is dropped. Each round also
+    // asks the mirrors to sync, after every block installed on them.
+    loop {
+        sync(copy).await;
+        if copy.hydration().is_none() || !copy.is_primary() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     sync(copy).await;
     tracing::info!(
