@@ -159,6 +159,17 @@ fn incremental_snapshots_restore_byte_for_byte_after_deleting_the_middle_one() {
     );
     let list = c.cli_json(&["snapshot", "list", "--volume", "v"]).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    // Hydration completes on every copy, and the snapshot is no longer
+    // needed by the restored volume.
+    let r3 = c
+        .wait_volume("r3", Duration::from_secs(60), |v| {
+            v["hydration"]["complete"] == true
+        })
+        .unwrap();
+    assert_eq!(
+        r3["hydration"]["blocks_present"],
+        r3["hydration"]["blocks_total"]
+    );
 }
 
 #[test]
