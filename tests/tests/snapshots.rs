@@ -325,3 +325,67 @@ fn control_restart_during_an_upload_completes_it_and_a_primary_kill_fails_it_cle
     );
     println!("FIGURE primary killed during an upload: FAILED: {why}");
 }
+
+#[test]
+fn a_volume_from_a_snapshot_survives_a_primary_kill_and_a_control_kill_while_it_hydrates() {
+    let (_root, mut c) = cluster(&["--hydration-rate-mib", "1"]);
+    c.cli_json(&["volume", "create", "v", "--size", "32M"])
+        .unwrap();
+    let mut b = attach(&c, "v");
+    let data = noise(7, 12 * MIB);
+    b.write_at(4 << 20, &data).unwrap();
+    b.flush().unwrap();
+    let s = snapshot(&c, "v.s").unwrap();
+    assert_eq!(s["state"], "COMPLETE", "{s}");
+    let mut expected = vec![0u8; 32 * MIB];
+    expected[4 * MIB..16 * MIB].copy_from_slice(&data);
+
+    let r = c
+        .cli_json(&["volume", "create", "r", "--from-snapshot", "v.s"])
+        .unwrap();
+    let mut rb = attach(&c, "r");
+    // Partial writes into blocks not yet local merge with the snapshot.
+    let mut step = |rb: &mut Blk, expected: &mut Vec<u8>, at: usize, seed: u64| {
+        let w = noise(seed, 4096);
+        rb.write_at(at as u64, &w).unwrap();
+        expected[at..at + 4096].copy_from_slice(&w);
+        let mut got = vec![0u8; 64 << 10];
+        let base = at & !((64 << 10) - 1);
+        rb.read_at(base as u64, &mut got).unwrap();
+        assert!(
+            got == expected[base..base + (64 << 10)],
+            "wrong data around {at}"
+        );
+    };
+    step(&mut rb, &mut expected, 5 * MIB + 8192, 10);
+    step(&mut rb, &mut expected, 15 * MIB + 4096, 11);
+    let h = c.cli_json(&["volume", "show", "r"]).unwrap();
+    assert_eq!(h["hydration"]["complete"], false, "{h}");
+
+    // The primary dies mid-hydration: a mirror takes over and goes on.
+    let primary = r["primary"]["server_id"].as_str().unwrap().to_owned();
+    let i: usize = primary[1..].parse::<usize>().unwrap() - 1;
+    c.servers[i].kill9();
+    step(&mut rb, &mut expected, 9 * MIB + 512 * 1024 + 4096, 12);
+    step(&mut rb, &mut expected, 13 * MIB + 12288, 13);
+    // And the control service dies too (one server is down: do not wait
+    // for every server to be up).
+    c.restart_control_env(&[]).unwrap();
+    step(&mut rb, &mut expected, 7 * MIB + 4096, 14);
+    let v = c
+        .wait_volume("r", Duration::from_secs(120), |v| {
+            v["hydration"]["complete"] == true
+                && v["mirrors"].as_array().is_some_and(|m| !m.is_empty())
+                && v["primary"]["server_id"] != primary.as_str()
+        })
+        .unwrap();
+    println!(
+        "FIGURE hydration survived a primary kill and a control kill: {}",
+        v["hydration"]
+    );
+    assert!(
+        read_all(&mut rb, 32 * MIB) == expected,
+        "the hydrated volume differs from snapshot + writes"
+    );
+    rb.flush().unwrap();
+}
