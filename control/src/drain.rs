@@ -101,11 +101,15 @@ impl Control {
             };
             let to = self.pick_target(&v, &from)?;
             tracing::info!(volume = v.id, %from, %to, "drain: moving copy");
+            let seed_snapshot = self.seed_for(&v)?;
             v.moving = Some(MoveRecord {
                 from,
                 to,
                 delta: false,
                 started_ms: now_unix_ms(),
+                seed_snapshot,
+                seeding: seed_snapshot != 0,
+                seed_created: false,
             });
             self.save(&v)?;
             return Box::pin(self.advance_move(v, draining)).await;
@@ -116,15 +120,48 @@ impl Control {
             .clients
             .storage(&to.server_id, &to.admin_address)
             .await?;
+        let source = match self.source_pb(&v)? {
+            Some(s) => Some(s),
+            None if m.seed_snapshot != 0 => Some(self.seed_source_pb(m.seed_snapshot)?),
+            None => None,
+        };
         let req = spb::CreateCopyRequest {
             volume_id: v.id,
             size_bytes: v.size_bytes,
             layout: Some(self.layout_pb(&v, &m.to)?),
-            source: self.source_pb(&v)?,
+            source,
         };
         match cl.create_copy(req).await {
+            Ok(_) if m.seeding => {
+                if let Some(mv) = v.moving.as_mut() {
+                    mv.seed_created = true;
+                }
+                self.save(&v)?;
+            }
             Ok(_) => {}
             Err(st) if st.code() == tonic::Code::AlreadyExists => {
+                // A seeded target must be the copy we created from the seed
+                // (still loading it); anything else there (a stale copy, or
+                // ours after a crash once loaded) gets a full copy instead.
+                if m.seeding && !m.seed_created {
+                    let held = cl
+                        .describe_copy(spb::DescribeCopyRequest { volume_id: v.id })
+                        .await
+                        .map_err(|e| peer_error(&to.server_id, e))?
+                        .into_inner()
+                        .copy
+                        .and_then(|c| c.hydration)
+                        .map(|h| h.snapshot_id);
+                    if held != Some(m.seed_snapshot) {
+                        tracing::info!(volume = v.id, to = %m.to, "the target already holds a copy: full copy instead of seeding");
+                        if let Some(mv) = v.moving.as_mut() {
+                            mv.seeding = false;
+                            mv.seed_snapshot = 0;
+                        }
+                        self.save(&v)?;
+                        return Box::pin(self.advance_move(v, draining)).await;
+                    }
+                }
                 // A resumed step, or a dropped copy rejoining: make it a
                 // mirror of the current primary at the current epoch.
                 let req = spb::SetLayoutRequest {
@@ -136,6 +173,26 @@ impl Control {
                     .map_err(|e| peer_error(&to.server_id, e))?;
             }
             Err(st) => return Err(peer_error(&to.server_id, st)),
+        }
+        if m.seeding {
+            // The target loads the seed snapshot from its destination; the
+            // primary feeds it once that is done.
+            let info = cl
+                .describe_copy(spb::DescribeCopyRequest { volume_id: v.id })
+                .await
+                .map_err(|e| peer_error(&to.server_id, e))?
+                .into_inner()
+                .copy
+                .unwrap_or_default();
+            if info.hydration.is_some() {
+                return Ok(());
+            }
+            if let Some(mv) = v.moving.as_mut() {
+                mv.seeding = false;
+            }
+            self.save(&v)?;
+            tracing::info!(volume = v.id, to = %m.to, snapshot = m.seed_snapshot, "new copy seeded from the snapshot; the primary sends the blocks written since");
+            return Box::pin(self.advance_move(v, draining)).await;
         }
         let primary = self.registry.server(&*self.store, v.primary())?;
         let mut pc = self

@@ -152,11 +152,17 @@ impl Control {
             None => (self.pick_target(&v, "")?, false),
         };
         tracing::info!(volume = v.id, %to, delta, copies = v.copies.len(), wanted = v.wanted_copies(), "re-mirroring");
+        // Only a new copy may be seeded: a returning one holds its own data.
+        let rejoining = v.dropped.iter().any(|d| d.server_id == to);
+        let seed_snapshot = if rejoining { 0 } else { self.seed_for(&v)? };
         v.moving = Some(MoveRecord {
             from: String::new(),
             to,
             delta,
             started_ms: now,
+            seed_snapshot,
+            seeding: seed_snapshot != 0,
+            seed_created: false,
         });
         self.save(&v)?;
         Ok(Some(()))

@@ -205,6 +205,19 @@ pub struct MoveRecord {
     /// finish within `--rejoin-wait-ms` is abandoned).
     #[serde(default)]
     pub started_ms: i64,
+    /// A new copy seeded from this complete snapshot (loaded from its
+    /// destination, not read from the primary); the primary then sends only
+    /// the blocks written since (0 = a full copy from the primary).
+    #[serde(default)]
+    pub seed_snapshot: u64,
+    /// The target is still loading the seed snapshot: the primary does not
+    /// feed it yet.
+    #[serde(default)]
+    pub seeding: bool,
+    /// The seeded target copy was created (so a copy found there later is
+    /// ours, loaded or not).
+    #[serde(default)]
+    pub seed_created: bool,
 }
 
 impl VolumeRecord {

@@ -278,6 +278,16 @@ impl Control {
                 v.id, v.name, s.id
             )));
         }
+        if let Some(v) = self.volumes()?.iter().find(|v| {
+            v.moving
+                .as_ref()
+                .is_some_and(|m| m.seeding && m.seed_snapshot == s.id)
+        }) {
+            return Err(ControlError::Precondition(format!(
+                "a new copy of volume {} is being seeded from snapshot {}; delete it once that is done",
+                v.id, s.id
+            )));
+        }
         if s.state != SnapshotState::Deleting {
             s.state = SnapshotState::Deleting;
             self.save_snapshot(&s)?;
@@ -360,7 +370,38 @@ impl Control {
             snapshot_id: src.snapshot_id,
             snapshot_size_bytes: src.snapshot_size,
             rate_bytes_per_sec: self.config.hydration_rate,
+            seed: false,
         }))
+    }
+
+    /// The snapshot a new copy of `v` is seeded from: its latest complete
+    /// one (0 = none, or the volume still loads its own source).
+    pub(crate) fn seed_for(&self, v: &VolumeRecord) -> Result<u64> {
+        if v.source.as_ref().is_some_and(|s| !s.hydrated) {
+            return Ok(0);
+        }
+        Ok(self
+            .snapshots()?
+            .iter()
+            .filter(|s| s.volume_id == v.id && s.state == SnapshotState::Complete)
+            .filter(|s| self.destination(&s.destination).is_ok())
+            .map(|s| s.id)
+            .max()
+            .unwrap_or(0))
+    }
+
+    /// The source of a copy seeded from snapshot `id`: loaded at once, by
+    /// itself, at no rate limit.
+    pub(crate) fn seed_source_pb(&self, id: u64) -> Result<spb::HydrationSource> {
+        let s: SnapshotRecord = get_json(&*self.store, Table::Snapshots, &snapshot_key(id))?
+            .ok_or_else(|| ControlError::NotFound(format!("seed snapshot {id} is gone")))?;
+        Ok(spb::HydrationSource {
+            destination: Some(destination_pb(self.destination(&s.destination)?)),
+            snapshot_id: s.id,
+            snapshot_size_bytes: s.size_bytes,
+            rate_bytes_per_sec: 0,
+            seed: true,
+        })
     }
 
     /// One pass: progress of uploads and hydrations, resumed deletes.

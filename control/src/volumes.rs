@@ -213,6 +213,7 @@ impl Control {
             server_id: s.server_id,
             address: s.data_address,
             delta: false,
+            seed_snapshot: 0,
         })
     }
 
@@ -222,12 +223,14 @@ impl Control {
                 .iter()
                 .map(|c| self.peer(&c.server_id))
                 .collect::<Result<Vec<_>>>()?;
+            // A target still loading its seed snapshot is not fed yet.
             let syncing = match &v.moving {
-                Some(m) => vec![spb::Peer {
+                Some(m) if !m.seeding => vec![spb::Peer {
                     delta: m.delta,
+                    seed_snapshot: m.seed_snapshot,
                     ..self.peer(&m.to)?
                 }],
-                None => vec![],
+                _ => vec![],
             };
             Ok(spb::CopyLayout {
                 role: spb::CopyRole::Primary as i32,

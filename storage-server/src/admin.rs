@@ -41,6 +41,7 @@ fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
                 server_id: p.server_id,
                 address: p.address,
                 delta: p.delta,
+                seed_snapshot: p.seed_snapshot,
             })
             .collect(),
         primary_server_id: l.primary_server_id,
@@ -51,6 +52,7 @@ fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
                 server_id: p.server_id,
                 address: p.address,
                 delta: p.delta,
+                seed_snapshot: p.seed_snapshot,
             })
             .collect(),
         attachment: l.attachment,
@@ -76,6 +78,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
                     server_id: p.server_id,
                     address: p.address,
                     delta: p.delta,
+                    seed_snapshot: p.seed_snapshot,
                 })
                 .collect(),
             primary_server_id: m.primary_server_id,
@@ -86,6 +89,7 @@ fn info(c: &Copy) -> pb::CopyInfo {
                     server_id: p.server_id,
                     address: p.address,
                     delta: p.delta,
+                    seed_snapshot: p.seed_snapshot,
                 })
                 .collect(),
             attachment: m.attachment,
@@ -136,6 +140,7 @@ fn source_from_pb(s: pb::HydrationSource) -> Result<Source, Status> {
         allow_http: d.allow_http,
         access_key_id: d.access_key_id,
         secret_access_key: d.secret_access_key,
+        seed: s.seed,
     })
 }
 

@@ -279,6 +279,7 @@ mod tests {
             server_id: id.into(),
             address: "127.0.0.1:1".into(),
             delta: false,
+            seed_snapshot: 0,
         }
     }
 

@@ -23,6 +23,11 @@ pub struct PeerMeta {
     /// exists; otherwise a full copy is made).
     #[serde(default)]
     pub delta: bool,
+    /// For a syncing peer seeded from this snapshot: only the blocks
+    /// written since its point need to be sent (when a change map for it
+    /// exists; otherwise a full copy is made).
+    #[serde(default)]
+    pub seed_snapshot: u64,
 }
 
 impl PeerMeta {
@@ -119,6 +124,7 @@ mod tests {
                 server_id: "s2".into(),
                 address: "127.0.0.1:1".into(),
                 delta: true,
+                seed_snapshot: 0,
             }],
             primary_server_id: String::new(),
             syncing: vec![],

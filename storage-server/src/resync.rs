@@ -57,12 +57,17 @@ pub fn reconcile(copy: &Arc<Copy>, syncing: &[Arc<MirrorLink>]) {
         if tasks.get(&id).is_some_and(|t| !t.is_finished()) {
             continue;
         }
-        let delta = meta.syncing.iter().any(|p| p.server_id == id && p.delta);
-        tasks.insert(id, tokio::spawn(run(copy.clone(), link.clone(), delta)));
+        let peer = meta.syncing.iter().find(|p| p.server_id == id);
+        let delta = peer.is_some_and(|p| p.delta);
+        let seed = peer.map_or(0, |p| p.seed_snapshot);
+        tasks.insert(
+            id,
+            tokio::spawn(run(copy.clone(), link.clone(), delta, seed)),
+        );
     }
 }
 
-async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>, delta: bool) {
+async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>, delta: bool, seed: u64) {
     let id = link.peer.server_id.clone();
     let mut misses = copy.dirty.misses();
     // A copy loading a snapshot is always filled block by block (see
@@ -71,6 +76,21 @@ async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>, delta: bool) {
     if delta && full {
         tracing::info!(volume = copy.volume_id, mirror = %id, "no dirty-region map for the returning mirror (this primary restarted or never saw it leave): full copy");
     }
+    // A mirror seeded from snapshot `seed` holds that snapshot's content:
+    // it needs only the blocks written since the snapshot's point (a
+    // superset, from this copy's change map), as long as no attempt failed.
+    let mut seeded = (seed != 0 && copy.hydration().is_none())
+        .then(|| {
+            copy.snap
+                .changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .since(seed)
+        })
+        .flatten();
+    if seed != 0 && seeded.is_none() {
+        tracing::info!(volume = copy.volume_id, mirror = %id, snapshot = seed, "no change map for the seed snapshot on this primary: full copy");
+    }
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -78,7 +98,19 @@ async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>, delta: bool) {
         // Everything the mirror missed so far; later misses go to a fresh
         // map. Kept by the tracker until this pass succeeds.
         let snapshot = copy.dirty.take(&id);
-        let (kind, ranges, counter) = if full {
+        let (kind, ranges, counter) = if let Some(bits) = seeded.take().filter(|_| full) {
+            use crate::snap::bits::BLOCK;
+            let size = copy.size();
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            for b in bits.ones(size.div_ceil(BLOCK)) {
+                let (s, e) = (b * BLOCK, ((b + 1) * BLOCK).min(size));
+                match ranges.last_mut() {
+                    Some(last) if last.1 == s => last.1 = e,
+                    _ => ranges.push((s, e)),
+                }
+            }
+            ("seeded resync", ranges, &copy.resync_bytes)
+        } else if full {
             ("full copy", vec![(0, copy.size())], &copy.resync_bytes)
         } else {
             let ranges = snapshot.map(|m| m.ranges(copy.size())).unwrap_or_default();

@@ -185,6 +185,7 @@ impl LocalServer {
                 server_id: (*id).to_owned(),
                 address: a.to_string(),
                 delta: false,
+                seed_snapshot: 0,
             })
             .collect();
         self.create(
@@ -236,6 +237,7 @@ impl LocalServer {
                     server_id: (*id).to_owned(),
                     address: a.to_string(),
                     delta: false,
+                    seed_snapshot: 0,
                 })
                 .collect()
         };

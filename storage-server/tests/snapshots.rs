@@ -212,6 +212,7 @@ fn hydrating_layout(role: Role, mirror: Option<(&str, std::net::SocketAddr)>) ->
                 server_id: id.into(),
                 address: a.to_string(),
                 delta: false,
+                seed_snapshot: 0,
             })
             .into_iter()
             .collect(),

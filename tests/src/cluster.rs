@@ -181,6 +181,7 @@ pub fn create_volume(
             server_id: m.id.clone(),
             address: m.data.to_string(),
             delta: false,
+            seed_snapshot: 0,
         })
         .collect();
     primary.admin()?.create_copy(

@@ -45,6 +45,10 @@ pub struct Source {
     pub allow_http: bool,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// Seeding a new mirror before it joins a layout: loaded by itself,
+    /// though not a primary (see `HydrationSource.seed`).
+    #[serde(default)]
+    pub seed: bool,
 }
 
 impl std::fmt::Debug for Source {
@@ -305,7 +309,7 @@ fn install(copy: &Copy, b: u64, len: usize, data: Option<&[u8]>) -> Result<(), S
     if h.presence.is_present(b) {
         return Ok(());
     }
-    if !copy.is_primary() {
+    if !copy.is_primary() && !h.source.seed {
         return Err("this copy is no longer the primary".into());
     }
     let offset = b * BLOCK;
@@ -338,7 +342,7 @@ pub fn start_background(copy: &Arc<Copy>) {
     let Some(h) = copy.hydration() else {
         return;
     };
-    if !copy.is_primary() {
+    if !copy.is_primary() && !h.source.seed {
         return;
     }
     {
@@ -374,7 +378,7 @@ async fn background(copy: &Arc<Copy>, h: &Arc<Hydration>) {
             break;
         }
         for batch in missing.chunks(4) {
-            if !copy.is_primary() || copy.hydration().is_none() {
+            if !(copy.is_primary() || h.source.seed) || copy.hydration().is_none() {
                 return;
             }
             if let Err(e) = ensure(copy, h, batch.to_vec()).await {
@@ -402,7 +406,7 @@ async fn background(copy: &Arc<Copy>, h: &Arc<Hydration>) {
     // asks the mirrors to sync, after every block installed on them.
     loop {
         sync(copy).await;
-        if copy.hydration().is_none() || !copy.is_primary() {
+        if copy.hydration().is_none() || !(copy.is_primary() || h.source.seed) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
