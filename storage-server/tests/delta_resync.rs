@@ -29,6 +29,7 @@ fn peer(id: &str, addr: SocketAddr, delta: bool) -> PeerMeta {
         server_id: id.to_owned(),
         address: addr.to_string(),
         delta,
+        seed_snapshot: 0,
     }
 }
 

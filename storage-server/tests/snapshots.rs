@@ -268,6 +268,7 @@ fn a_copy_from_a_snapshot_serves_at_once_and_hydrates_through_a_failover() {
         allow_http: false,
         access_key_id: String::new(),
         secret_access_key: String::new(),
+        seed: false,
     };
     {
         let _rt = m.enter();
@@ -395,6 +396,7 @@ fn a_rate_limited_hydration_finishes_on_every_copy() {
         allow_http: false,
         access_key_id: String::new(),
         secret_access_key: String::new(),
+        seed: false,
     };
     {
         let _rt = m.enter();

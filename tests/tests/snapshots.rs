@@ -345,7 +345,7 @@ fn a_volume_from_a_snapshot_survives_a_primary_kill_and_a_control_kill_while_it_
         .unwrap();
     let mut rb = attach(&c, "r");
     // Partial writes into blocks not yet local merge with the snapshot.
-    let mut step = |rb: &mut Blk, expected: &mut Vec<u8>, at: usize, seed: u64| {
+    let step = |rb: &mut Blk, expected: &mut Vec<u8>, at: usize, seed: u64| {
         let w = noise(seed, 4096);
         rb.write_at(at as u64, &w).unwrap();
         expected[at..at + 4096].copy_from_slice(&w);
