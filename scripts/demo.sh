@@ -45,7 +45,15 @@ if ! bash vm-images/run-guest.sh "$SOCKET" "$STATE/guest.sh" > "$STATE/guest.log
 fi
 grep -E "^guest:|/mnt/data: OK" "$STATE/guest.log"
 
+# A snapshot of the volume (incremental chunks under the state directory),
+# and a new volume from it, usable at once while it loads.
+"$BIN/basalt" snapshot create demo --name demo-snap --wait
+"$BIN/basalt" volume create demo-restored --from-snapshot demo-snap --wait
+"$BIN/basalt" snapshot list
+
 "$BIN/basalt" volume detach demo >/dev/null
 "$BIN/basalt" volume list
+"$BIN/basalt" volume delete demo-restored
+"$BIN/basalt" snapshot delete demo-snap
 "$BIN/basalt" volume delete demo
 echo "demo done; cluster logs in $STATE/logs"

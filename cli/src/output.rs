@@ -183,7 +183,11 @@ pub fn hydration_line(h: &pb::Hydration) -> String {
     let pct = percent(h.blocks_present, h.blocks_total)
         .map(|p| format!("{p}% "))
         .unwrap_or_default();
-    format!("hydrating from snapshot {}: {pct}({counts})", h.snapshot_id)
+    let mut line = format!("hydrating from snapshot {}: {pct}({counts})", h.snapshot_id);
+    if !h.error.is_empty() {
+        line.push_str(&format!("; retrying after: {}", h.error));
+    }
+    line
 }
 
 pub const SNAPSHOT_HEADERS: [&str; 9] = [
@@ -442,6 +446,7 @@ mod tests {
             blocks_present: 1515,
             bytes_fetched: 120 << 20,
             complete: false,
+            error: String::new(),
         };
         assert_eq!(
             hydration_line(&h),

@@ -238,14 +238,14 @@ pub async fn wait_hydration(
     c: &mut ControlClient<Channel>,
     mut v: pb::Volume,
 ) -> anyhow::Result<pb::Volume> {
-    let Some(mut last) = v.hydration else {
+    let Some(mut last) = v.hydration.clone() else {
         return Ok(v);
     };
     let mut r = Reporter::new(format!("volume {}", v.name), "fetched");
     let mut retry = Retry::default();
     loop {
         match &v.hydration {
-            Some(h) => last = *h,
+            Some(h) => last = h.clone(),
             // The control service may drop the hydration once done.
             None => {
                 last.complete = true;
@@ -332,6 +332,7 @@ mod tests {
             blocks_present: 3,
             bytes_fetched: 7,
             complete: false,
+            error: String::new(),
         };
         assert_eq!(
             hydration_status(&h),

@@ -75,6 +75,7 @@ fn volume(id: u64, name: &str, present: u64, drop_when_done: bool) -> pb::Volume
             blocks_present: present.min(SNAPSHOT_BLOCKS),
             bytes_fetched: present.min(SNAPSHOT_BLOCKS) << 16,
             complete,
+            error: String::new(),
         }),
         ..Default::default()
     }

@@ -56,6 +56,7 @@ impl Control {
                 blocks_present: s.blocks_present,
                 bytes_fetched: s.bytes_fetched,
                 complete: s.hydrated,
+                error: s.error.clone(),
             }),
         }
     }

@@ -104,6 +104,9 @@ pub struct SourceRecord {
     pub bytes_fetched: u64,
     /// Every block is local on every copy: the snapshot is no longer needed.
     pub hydrated: bool,
+    /// Last error the primary reported (it retries).
+    #[serde(default)]
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -568,6 +568,7 @@ impl Control {
             src.blocks_total = h.blocks_total;
             src.blocks_present = h.blocks_present;
             src.bytes_fetched = h.bytes_fetched;
+            src.error = h.error;
         }
         if *src != before {
             self.save(&cur)?;
