@@ -91,7 +91,13 @@ pub struct Copy {
     pub snap: crate::snap::SnapState,
     /// Set while the copy loads the snapshot it was created from.
     hydration: RwLock<Option<Arc<Hydration>>>,
+    /// The server is shutting down and saved the change maps: no mutation
+    /// is applied any more (it would be missing from them).
+    closed: AtomicBool,
 }
+
+/// Change maps saved at a clean shutdown (see [`Copy::save_changes`]).
+pub const CHANGES_FILE: &str = "changes.bin";
 
 impl Copy {
     /// Creates the directory, a sparse data file and the metadata.
@@ -140,6 +146,7 @@ impl Copy {
         let hydration = Hydration::open(dir)?.map(Arc::new);
         let copy = Self::from_parts(dir, file, meta);
         *copy.hydration.write().unwrap_or_else(|e| e.into_inner()) = hydration;
+        copy.load_changes()?;
         Ok(copy)
     }
 
@@ -165,7 +172,51 @@ impl Copy {
             layout_changed: tokio::sync::watch::channel(0).0,
             snap: Default::default(),
             hydration: RwLock::new(None),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// At a clean shutdown: stops applying mutations, syncs the data, and
+    /// saves the change maps, so the next snapshot after a restart is
+    /// still incremental. Under the ordering lock, so the maps hold every
+    /// mutation applied.
+    pub fn save_changes(&self) -> Result<(), CopyError> {
+        let _order = lock(&self.order);
+        self.closed.store(true, Ordering::Release);
+        self.sync()?;
+        let bytes = lock(&self.snap.changes).encode();
+        let tmp = self.dir.join("changes.bin.tmp");
+        std::fs::write(&tmp, bytes)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(CHANGES_FILE))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Loads change maps saved by a clean shutdown, and removes them: after
+    /// a crash from here on they would miss writes, so they are never read
+    /// twice. A missing or damaged file leaves no maps (the next snapshot
+    /// compares hashes instead).
+    fn load_changes(&self) -> Result<(), CopyError> {
+        let path = self.dir.join(CHANGES_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        std::fs::remove_file(&path)?;
+        File::open(&self.dir)?.sync_all()?;
+        match crate::snap::changes::ChangeMaps::decode(&bytes) {
+            Some(m) => {
+                tracing::info!(volume = self.volume_id, maps = ?m.bases(), "change maps of the last clean shutdown loaded");
+                *lock(&self.snap.changes) = m;
+            }
+            None => tracing::warn!(
+                volume = self.volume_id,
+                "saved change maps are damaged: the next snapshot compares hashes"
+            ),
+        }
+        Ok(())
     }
 
     /// The hydration of a copy created from a snapshot, until it completes.
@@ -193,6 +244,11 @@ impl Copy {
         data: &[u8],
     ) -> Result<(), CopyError> {
         use basalt_proto::wire::Opcode;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CopyError::Io(std::io::Error::other(
+                "the server is shutting down",
+            )));
+        }
         self.check_range(offset, len)?;
         self.snap.before_mutation(&self.file, offset, len)?;
         match op {

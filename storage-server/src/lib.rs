@@ -163,6 +163,7 @@ impl Bound {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         data.abort();
+        self.store.save_changes();
         if let Some(t) = registration {
             t.abort();
         }

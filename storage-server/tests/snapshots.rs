@@ -434,3 +434,65 @@ fn a_rate_limited_hydration_finishes_on_every_copy() {
     }
     panic!("hydration never finished on both copies");
 }
+
+/// Change maps survive a clean restart (the next snapshot reads only the
+/// changed block); without them (a crash) the snapshot compares hashes,
+/// reads every allocated block, stores only the changed one, and is right.
+#[test]
+fn change_tracking_survives_a_clean_restart_and_falls_back_to_hashes_after_a_crash() {
+    let root = tempfile::tempdir().unwrap();
+    let dest = spec(&root.path().join("dest"));
+    let dir = root.path().join("p");
+    let blocks = SIZE as usize / BLOCK;
+    let mut image: Vec<u8> = (0..blocks).flat_map(|b| block(4, b)).collect();
+    {
+        let p = LocalServer::start(&dir, "s-p").unwrap();
+        p.create_primary(VOL, SIZE).unwrap();
+        let mut c = Client::connect(p.data_addr, PeerRole::Backend, "b1");
+        for b in 0..blocks {
+            let d = &image[b * BLOCK..(b + 1) * BLOCK];
+            assert_eq!(
+                c.op(Opcode::Write, 1, (b * BLOCK) as u64, BLOCK as u32, d),
+                Status::Ok
+            );
+        }
+        point(&p, &dest, 1, 0);
+        wait_job(&p, 1);
+        assert_eq!(
+            c.op(Opcode::Write, 1, 5 * BLOCK as u64, 4096, &[1; 4096]),
+            Status::Ok
+        );
+        image[5 * BLOCK..5 * BLOCK + 4096].fill(1);
+    }
+    assert!(dir
+        .join("copies")
+        .join(VOL.to_string())
+        .join("changes.bin")
+        .exists());
+    {
+        let p = LocalServer::start(&dir, "s-p").unwrap();
+        point(&p, &dest, 2, 1);
+        let job = wait_job(&p, 2);
+        assert_eq!(job.change_source, "CHANGE_MAP");
+        assert_eq!((job.blocks_total, job.chunks_new), (1, 1));
+        assert!(restore(&p, &dest, 2) == image);
+        let mut c = Client::connect(p.data_addr, PeerRole::Backend, "b1");
+        assert_eq!(
+            c.op(Opcode::Write, 1, 9 * BLOCK as u64, 4096, &[2; 4096]),
+            Status::Ok
+        );
+        image[9 * BLOCK..9 * BLOCK + 4096].fill(2);
+    }
+    // A crash: the maps were never saved.
+    std::fs::remove_file(dir.join("copies").join(VOL.to_string()).join("changes.bin")).unwrap();
+    let p = LocalServer::start(&dir, "s-p").unwrap();
+    point(&p, &dest, 3, 2);
+    let job = wait_job(&p, 3);
+    assert_eq!(job.change_source, "HASH_COMPARE");
+    assert_eq!(
+        job.blocks_total, blocks as u64,
+        "every allocated block is read"
+    );
+    assert_eq!(job.chunks_new, 1, "only the changed block is stored");
+    assert!(restore(&p, &dest, 3) == image);
+}
