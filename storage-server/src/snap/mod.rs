@@ -51,6 +51,9 @@ pub enum SnapError {
 #[derive(Default)]
 pub struct SnapState {
     pub changes: Mutex<ChangeMaps>,
+    /// While a point walks the allocated extents outside the ordering lock:
+    /// the blocks mutated meanwhile (added to what the walk found).
+    walk: Mutex<Option<Bits>>,
     freeze: Mutex<Option<Arc<Freeze>>>,
     jobs: Mutex<HashMap<u64, Arc<SnapJob>>>,
 }
@@ -64,11 +67,19 @@ impl SnapState {
     /// `offset..offset+len` is applied to the data file `data`.
     pub fn before_mutation(&self, data: &File, offset: u64, len: u64) -> std::io::Result<()> {
         lock(&self.changes).on_mutation(offset, len);
+        if let Some(w) = lock(&self.walk).as_mut() {
+            w.set_range(bits::touched(offset, len));
+        }
         let freeze = lock(&self.freeze).clone();
         match freeze {
             Some(f) => f.before_mutation(data, offset, len),
             None => Ok(()),
         }
+    }
+
+    /// A snapshot point is finding the allocated extents.
+    pub fn walking(&self) -> bool {
+        lock(&self.walk).is_some()
     }
 
     pub fn jobs(&self) -> Vec<Arc<SnapJob>> {
@@ -113,9 +124,39 @@ pub fn point(copy: &Arc<Copy>, req: PointRequest) -> Result<Arc<SnapJob>, SnapEr
     if copy.hydration().is_some() {
         return Err(SnapError::Hydrating);
     }
+    // Without a change map the point reads every allocated block. Finding
+    // them (SEEK_DATA over a fragmented file can take a while) happens
+    // outside the ordering lock; the blocks mutated meanwhile are tracked
+    // and added under it, so none allocated before the point is missed.
+    let needs_walk = {
+        let _order = lock(&copy.order);
+        let tracked = req.parent_id != 0 && lock(&copy.snap.changes).since(req.parent_id).is_some();
+        let mut walk = lock(&copy.snap.walk);
+        if walk.is_some() {
+            return Err(SnapError::Busy(req.snapshot_id));
+        }
+        if !tracked {
+            *walk = Some(Bits::default());
+        }
+        !tracked
+    };
+    let walked = if needs_walk {
+        let w = allocated_blocks(copy, blocks_of(copy.size()));
+        basalt_failpoint::hit("snapshot.after_walk");
+        match w {
+            Ok(w) => Some(w),
+            Err(e) => {
+                *lock(&copy.snap.walk) = None;
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
     let started = Instant::now();
     let (job, freeze, candidates) = {
         let _order = lock(&copy.order);
+        let during_walk = lock(&copy.snap.walk).take();
         if !copy.is_primary() {
             return Err(SnapError::NotPrimary);
         }
@@ -139,16 +180,19 @@ pub fn point(copy: &Arc<Copy>, req: PointRequest) -> Result<Arc<SnapJob>, SnapEr
         let tracked = (req.parent_id != 0)
             .then(|| lock(&copy.snap.changes).since(req.parent_id))
             .flatten();
-        let (source, candidates) = match tracked {
-            Some(bits) => (ChangeSource::ChangeMap, bits),
-            None => (
-                if req.parent_id == 0 {
+        let (source, candidates) = match (tracked, walked, during_walk) {
+            (Some(bits), _, _) => (ChangeSource::ChangeMap, bits),
+            (None, Some(mut found), Some(during)) => {
+                found.merge(&during);
+                let source = if req.parent_id == 0 {
                     ChangeSource::Full
                 } else {
                     ChangeSource::HashCompare
-                },
-                allocated_blocks(copy, blocks)?,
-            ),
+                };
+                (source, found)
+            }
+            // Cannot happen (one point at a time); refuse rather than guess.
+            _ => return Err(SnapError::Busy(req.snapshot_id)),
         };
         let mut pending = Bits::new(blocks);
         let list = candidates.ones(blocks);
