@@ -21,7 +21,7 @@ export CARGO_TERM_COLOR=never
 
 secs=${FUZZ_SECS:-20}
 timeout=${FUZZ_TIMEOUT:-60}
-all_targets=(wire_header handshake virtio_request control_socket dirty_map copy_meta node_record storage_requests)
+all_targets=(wire_header handshake virtio_request control_socket dirty_map copy_meta node_record storage_requests snapshot_manifest)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 # Per-target libFuzzer flags. Memory limits are part of what is tested:
