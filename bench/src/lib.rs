@@ -7,4 +7,5 @@ pub mod compare;
 pub mod job;
 pub mod procstat;
 pub mod report;
+pub mod snapbench;
 pub mod stamp;

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use basalt_bench::compare::{self, CompareOpts};
 use basalt_bench::job::{self, parse_size, JobSpec, Limit, Rw, Watched};
 use basalt_bench::report;
+use basalt_bench::snapbench::{self, SnapOpts};
 use basalt_bench::stamp::{self, StampLog, WriteOpts};
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,50 @@ enum Cmd {
     /// the snapshot and check every block against the log of `stamp-write`.
     /// Exits non-zero on any violation.
     StampCheck(StampCheckArgs),
+    /// Snapshot benchmark: start a cluster (control, two storage servers, a
+    /// node manager) with a tmpfs and an S3 (s3s-fs) destination; time full
+    /// and incremental snapshots, IOPS during an upload, the write latency at
+    /// the snapshot point, the first read and cold reads of a restored
+    /// volume, and hydration; write snapshots.{json,md,png}.
+    Snapshots(SnapshotsArgs),
+    /// Rewrite snapshots.md (and the chart) from a snapshots.json.
+    SnapshotsReport {
+        /// snapshots.json of a `snapshots` run.
+        #[arg(long, default_value = "docs/bench/snapshots.json")]
+        results: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct SnapshotsArgs {
+    /// Directory for snapshots.json, snapshots.md and snapshots.png
+    /// (default: docs/bench, or target/snapbench-quick with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Size of the source volume (default 4G, 256M with --quick).
+    #[arg(long, value_parser = parse_size)]
+    volume: Option<u64>,
+    /// Random data written from offset 0, a multiple of 1 MiB (default 1G,
+    /// 64M with --quick).
+    #[arg(long, value_parser = parse_size)]
+    data: Option<u64>,
+    /// Smoke run: 256 MiB volume, 64 MiB of data, short jobs, one round
+    /// (unless --volume / --data / --repeat say otherwise).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of each repeated measurement (default 3, 1 with --quick).
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Seconds of each 4 KiB write job of the IOPS-during-upload test
+    /// (default 10, 3 with --quick).
+    #[arg(long)]
+    job_secs: Option<f64>,
+    /// Background hydration rate (MiB/s) while cold volumes are measured.
+    #[arg(long, default_value_t = 1)]
+    cold_rate_mib: u64,
+    /// Only the tmpfs destination (no s3s-fs).
+    #[arg(long)]
+    no_s3: bool,
 }
 
 #[derive(clap::Args)]
@@ -167,6 +212,14 @@ fn main() -> Result<()> {
         Cmd::Compare(a) => compare_cmd(a),
         Cmd::StampWrite(a) => stamp_write(a),
         Cmd::StampCheck(a) => stamp_check(a),
+        Cmd::Snapshots(a) => snapshots(a),
+        Cmd::SnapshotsReport { results } => {
+            let r: snapbench::SnapResults = serde_json::from_slice(
+                &std::fs::read(&results).with_context(|| results.display().to_string())?,
+            )?;
+            let dir = results.parent().unwrap_or(std::path::Path::new("."));
+            snapshots_write(dir, &r, false)
+        }
         Cmd::Report { results } => {
             let r: compare::Results = serde_json::from_slice(
                 &std::fs::read(&results).with_context(|| results.display().to_string())?,
@@ -318,5 +371,64 @@ fn stamp_check(a: StampCheckArgs) -> Result<()> {
             r.blocks
         );
     }
+    Ok(())
+}
+
+fn snapshots(a: SnapshotsArgs) -> Result<()> {
+    let quick = a.quick;
+    let o = SnapOpts {
+        out: a.out.unwrap_or_else(|| {
+            PathBuf::from(if quick {
+                "target/snapbench-quick"
+            } else {
+                "docs/bench"
+            })
+        }),
+        volume: a.volume.unwrap_or(if quick { 256 << 20 } else { 4 << 30 }),
+        data: a.data.unwrap_or(if quick { 64 << 20 } else { 1 << 30 }),
+        repeat: a.repeat.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        job_secs: a.job_secs.unwrap_or(if quick { 3.0 } else { 10.0 }),
+        read_secs: if quick { 2.0 } else { 5.0 },
+        point_secs: if quick { 3.0 } else { 6.0 },
+        cold_rate_mib: a.cold_rate_mib,
+        quick,
+        no_s3: a.no_s3,
+    };
+    if o.data == 0 || o.data % (1 << 20) != 0 || o.data > o.volume || o.volume < (4 << 20) {
+        bail!("--data must be a positive multiple of 1 MiB, at most --volume (at least 4 MiB)");
+    }
+    let r = snapbench::run(&o)?;
+    std::fs::create_dir_all(&o.out)?;
+    snapshots_write(&o.out, &r, true)
+}
+
+/// Writes snapshots.json (when `json`), snapshots.md and the chart.
+fn snapshots_write(dir: &std::path::Path, r: &snapbench::SnapResults, json: bool) -> Result<()> {
+    let jpath = dir.join("snapshots.json");
+    if json {
+        std::fs::write(&jpath, serde_json::to_string_pretty(r)? + "\n")?;
+    }
+    let notes = std::fs::read_to_string(dir.join(snapbench::report::NOTES_FILE)).ok();
+    std::fs::write(
+        dir.join("snapshots.md"),
+        snapbench::report::markdown(r, notes.as_deref()),
+    )?;
+    println!("{}", snapbench::report::table(r));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots_chart.py");
+    match std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&jpath)
+        .arg(dir.join("snapshots.png"))
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => eprintln!(
+            "warning: the chart was not drawn ({other:?}); run python3 {} {} {} (needs matplotlib)",
+            script.display(),
+            jpath.display(),
+            dir.join("snapshots.png").display()
+        ),
+    }
+    eprintln!("wrote {}", dir.join("snapshots.md").display());
     Ok(())
 }
