@@ -113,7 +113,12 @@ async fn run(copy: Arc<Copy>, link: Arc<MirrorLink>, delta: bool, seed: u64) {
         } else if full {
             ("full copy", vec![(0, copy.size())], &copy.resync_bytes)
         } else {
-            let ranges = snapshot.map(|m| m.ranges(copy.size())).unwrap_or_default();
+            let mut ranges = snapshot.map(|m| m.ranges(copy.size())).unwrap_or_default();
+            if copy.hydration().is_some() {
+                // A loading copy's mirror learns presence only from whole
+                // blocks: resend the whole blocks the missed regions touch.
+                ranges = whole_blocks(&ranges, copy.size());
+            }
             ("delta resync", ranges, &copy.delta_resync_bytes)
         };
         let dirty: u64 = ranges.iter().map(|(s, e)| e - s).sum();
@@ -212,6 +217,23 @@ async fn send_ranges(
     Ok(sent)
 }
 
+/// `ranges` widened to whole snapshot blocks (merged, clipped to `size`).
+fn whole_blocks(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    use crate::snap::bits::BLOCK;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(s, e) in ranges {
+        let (s, e) = (
+            s / BLOCK * BLOCK,
+            e.div_ceil(BLOCK).saturating_mul(BLOCK).min(size),
+        );
+        match out.last_mut() {
+            Some(last) if last.1 >= s => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
 /// [`piece`] for a copy loading a snapshot: whole blocks only, so that the
 /// mirror learns which are present (a full-block write makes a block
 /// present on any copy). A present block is sent as one write, holes
@@ -287,5 +309,25 @@ fn piece(
             };
             Ok((link.send(h, &[]), len, false))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_blocks;
+    use crate::snap::bits::BLOCK;
+
+    #[test]
+    fn missed_regions_widen_to_whole_blocks() {
+        let size = 3 * BLOCK + 4096;
+        assert_eq!(
+            whole_blocks(&[(4096, 8192), (BLOCK + 1, BLOCK + 2)], size),
+            vec![(0, 2 * BLOCK)]
+        );
+        assert_eq!(
+            whole_blocks(&[(3 * BLOCK + 512, 3 * BLOCK + 1024)], size),
+            vec![(3 * BLOCK, size)]
+        );
+        assert_eq!(whole_blocks(&[], size), vec![]);
     }
 }

@@ -496,3 +496,90 @@ fn change_tracking_survives_a_clean_restart_and_falls_back_to_hashes_after_a_cra
     assert_eq!(job.chunks_new, 1, "only the changed block is stored");
     assert!(restore(&p, &dest, 3) == image);
 }
+
+/// Found by the snapshot benchmark: a primary that installed blocks before
+/// its link to the mirror was up lost them for that mirror (nobody waits
+/// for an install's acknowledgement), so the mirror never finished loading.
+/// Installs now wait for the in-sync mirrors' links.
+#[test]
+fn installs_wait_for_the_mirror_link_and_every_copy_finishes() {
+    let root = tempfile::tempdir().unwrap();
+    let dest = spec(&root.path().join("dest"));
+    let src = LocalServer::start(&root.path().join("s"), "s-src").unwrap();
+    src.create_primary(VOL, SIZE).unwrap();
+    let mut c = Client::connect(src.data_addr, PeerRole::Backend, "b1");
+    let blocks = SIZE as usize / BLOCK;
+    for b in 0..blocks {
+        assert_eq!(
+            c.op(
+                Opcode::Write,
+                1,
+                (b * BLOCK) as u64,
+                BLOCK as u32,
+                &block(6, b)
+            ),
+            Status::Ok
+        );
+    }
+    point(&src, &dest, 4, 0);
+    wait_job(&src, 4);
+    let source = Source {
+        snapshot_id: 4,
+        snapshot_size: SIZE,
+        rate_bytes_per_sec: 0,
+        name: dest.name.clone(),
+        url: dest.url.clone(),
+        endpoint: String::new(),
+        region: String::new(),
+        allow_http: false,
+        access_key_id: String::new(),
+        secret_access_key: String::new(),
+        seed: false,
+    };
+    // The mirror's address is known but nothing listens there yet.
+    let mirror_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = LocalServer::start(&root.path().join("p"), "s-primary2").unwrap();
+    {
+        let _rt = p.enter();
+        p.store()
+            .create_from(
+                VOL,
+                SIZE,
+                hydrating_layout(Role::Primary, Some(("s-mirror2", mirror_addr))),
+                Some(source.clone()),
+            )
+            .unwrap();
+    }
+    let m = LocalServer::start_with(
+        &root.path().join("m"),
+        "s-mirror2",
+        basalt_storage::testing::Options {
+            listen: Some(mirror_addr),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    {
+        let _rt = m.enter();
+        m.store()
+            .create_from(
+                VOL,
+                SIZE,
+                hydrating_layout(Role::Mirror, None),
+                Some(source),
+            )
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.copy(VOL).unwrap().hydration().is_some() || m.copy(VOL).unwrap().hydration().is_some() {
+        assert!(Instant::now() < deadline, "a copy never finished loading");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        p.read_copy(VOL).unwrap() == m.read_copy(VOL).unwrap(),
+        "the copies differ"
+    );
+}

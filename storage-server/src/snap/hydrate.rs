@@ -293,10 +293,39 @@ async fn fetch_and_install(copy: &Arc<Copy>, h: &Arc<Hydration>, b: u64) -> Resu
         }
         h.bytes_fetched.fetch_add(d.len() as u64, Ordering::Relaxed);
     }
+    mirrors_ready(copy).await?;
     let copy = copy.clone();
     tokio::task::spawn_blocking(move || install(&copy, b, len, data.as_deref()))
         .await
         .map_err(|e| format!("installing block {b}: {e}"))?
+}
+
+/// Waits until every in-sync mirror link is connected (or the layout
+/// changes), as a guest write waits for its mirrors: an install sent on a
+/// link that is not up would be missed silently, no guest waiting for its
+/// acknowledgement. A link that goes down later is reported by the link's
+/// watcher, and the mirror leaves the in-sync set and is filled again.
+async fn mirrors_ready(copy: &Copy) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut changes = copy.layout_changes();
+    loop {
+        let mirrors = copy.mirrors();
+        let Some(m) = mirrors.iter().find(|m| !m.is_connected()) else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "mirror {} is not reachable: blocks are installed once it is, or once the control service removed it",
+                m.peer.server_id
+            ));
+        }
+        tokio::select! {
+            _ = m.wait_connected() => {}
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(left) => {}
+        }
+    }
 }
 
 /// Writes block `b` locally and to every mirror, in order with the guest's
@@ -336,6 +365,9 @@ fn install(copy: &Copy, b: u64, len: usize, data: Option<&[u8]>) -> Result<(), S
     }
     Ok(())
 }
+
+/// Background fetches in flight per copy.
+const WINDOW: usize = 8;
 
 /// Starts the background hydration of a primary copy (once).
 pub fn start_background(copy: &Arc<Copy>) {
@@ -377,15 +409,25 @@ async fn background(copy: &Arc<Copy>, h: &Arc<Hydration>) {
         if missing.is_empty() {
             break;
         }
-        for batch in missing.chunks(4) {
+        // A window of fetches in flight: one slow GET does not hold the
+        // others back.
+        let mut inflight = tokio::task::JoinSet::new();
+        let mut failed = false;
+        for &b in &missing {
             if !(copy.is_primary() || h.source.seed) || copy.hydration().is_none() {
                 return;
             }
-            if let Err(e) = ensure(copy, h, batch.to_vec()).await {
-                tracing::warn!(volume = copy.volume_id, "hydration: {e}; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            while inflight.len() >= WINDOW {
+                if let Some(Ok(Err(e))) = inflight.join_next().await {
+                    tracing::warn!(volume = copy.volume_id, "hydration: {e}; retrying in 1 s");
+                    failed = true;
+                }
+            }
+            if failed {
                 break;
             }
+            let (c, hh) = (copy.clone(), h.clone());
+            inflight.spawn(async move { ensure(&c, &hh, vec![b]).await });
             // The rate counts bytes fetched (zero blocks cost nothing).
             let done = h.bytes_fetched.load(Ordering::Relaxed) - fetched_before;
             if rate > 0 {
@@ -398,6 +440,15 @@ async fn background(copy: &Arc<Copy>, h: &Arc<Hydration>) {
                 sync(copy).await;
                 last_sync = Instant::now();
             }
+        }
+        while let Some(r) = inflight.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!(volume = copy.volume_id, "hydration: {e}; retrying in 1 s");
+                failed = true;
+            }
+        }
+        if failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     // Every block is present; the source is dropped by a sync that finds
