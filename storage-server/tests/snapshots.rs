@@ -40,6 +40,23 @@ fn block(tag: u8, index: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A copy's source: snapshot `id` of `dest`, `SIZE` bytes, loaded at `rate`.
+fn source(dest: &DestinationSpec, id: u64, rate: u64) -> Source {
+    Source {
+        snapshot_id: id,
+        snapshot_size: SIZE,
+        rate_bytes_per_sec: rate,
+        name: dest.name.clone(),
+        url: dest.url.clone(),
+        endpoint: String::new(),
+        region: String::new(),
+        allow_http: false,
+        access_key_id: String::new(),
+        secret_access_key: String::new(),
+        seed: false,
+    }
+}
+
 fn point(s: &LocalServer, dest: &DestinationSpec, id: u64, parent: u64) {
     let _rt = s.enter();
     let copy = s.copy(VOL).unwrap();
@@ -257,19 +274,7 @@ fn a_copy_from_a_snapshot_serves_at_once_and_hydrates_through_a_failover() {
     // hydration so on-demand fetches and the failover happen mid-way.
     let p = LocalServer::start(&root.path().join("p2"), "s-primary2").unwrap();
     let m = LocalServer::start(&root.path().join("m2"), "s-mirror2").unwrap();
-    let source = Source {
-        snapshot_id: 7,
-        snapshot_size: SIZE,
-        rate_bytes_per_sec: 2 << 20,
-        name: dest.name.clone(),
-        url: dest.url.clone(),
-        endpoint: String::new(),
-        region: String::new(),
-        allow_http: false,
-        access_key_id: String::new(),
-        secret_access_key: String::new(),
-        seed: false,
-    };
+    let source = source(&dest, 7, 2 << 20);
     {
         let _rt = m.enter();
         m.store()
@@ -385,19 +390,7 @@ fn a_rate_limited_hydration_finishes_on_every_copy() {
     wait_job(&src, 9);
     let p = LocalServer::start(&root.path().join("p"), "s-primary2").unwrap();
     let m = LocalServer::start(&root.path().join("m"), "s-mirror2").unwrap();
-    let source = Source {
-        snapshot_id: 9,
-        snapshot_size: SIZE,
-        rate_bytes_per_sec: 1 << 20,
-        name: dest.name.clone(),
-        url: dest.url.clone(),
-        endpoint: String::new(),
-        region: String::new(),
-        allow_http: false,
-        access_key_id: String::new(),
-        secret_access_key: String::new(),
-        seed: false,
-    };
+    let source = source(&dest, 9, 1 << 20);
     {
         let _rt = m.enter();
         m.store()
@@ -523,19 +516,7 @@ fn installs_wait_for_the_mirror_link_and_every_copy_finishes() {
     }
     point(&src, &dest, 4, 0);
     wait_job(&src, 4);
-    let source = Source {
-        snapshot_id: 4,
-        snapshot_size: SIZE,
-        rate_bytes_per_sec: 0,
-        name: dest.name.clone(),
-        url: dest.url.clone(),
-        endpoint: String::new(),
-        region: String::new(),
-        allow_http: false,
-        access_key_id: String::new(),
-        secret_access_key: String::new(),
-        seed: false,
-    };
+    let source = source(&dest, 4, 0);
     // The mirror's address is known but nothing listens there yet.
     let mirror_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

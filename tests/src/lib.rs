@@ -9,3 +9,4 @@ pub mod faults;
 pub mod guest;
 pub mod procs;
 pub mod rogue;
+pub mod snaps;

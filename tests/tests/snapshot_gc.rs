@@ -12,8 +12,8 @@ use anyhow::{bail, Result};
 use basalt_snapshot::{ChunkId, Destination, DestinationSpec};
 use basalt_tests::blk::Blk;
 use basalt_tests::controlplane::ManagedCluster;
+use basalt_tests::snaps::{attach, noise, read_all, wait_snapshot, MIB};
 
-const MIB: usize = 1 << 20;
 const SIZE: usize = 16 * MIB;
 
 /// Every step of a delete, then of its sweep, in the order they run.
@@ -24,56 +24,6 @@ const FAILPOINTS: [&str; 5] = [
     "gc.after_read_manifests",
     "gc.mid_delete",
 ];
-
-/// Attaches `vol` to node1 and opens its socket.
-fn attach(c: &ManagedCluster, vol: &str) -> Blk {
-    let a = c
-        .cli_json(&["volume", "attach", vol, "--node", "node1"])
-        .unwrap();
-    Blk::open(Path::new(a["attachment"]["socket_path"].as_str().unwrap())).unwrap()
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn read_all(b: &mut Blk, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    for (i, chunk) in out.chunks_mut(MIB).enumerate() {
-        b.read_at((i * MIB) as u64, chunk).unwrap();
-    }
-    out
-}
-
-fn wait_snapshot(
-    c: &ManagedCluster,
-    name: &str,
-    timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = c.cli_json(&["snapshot", "show", name]);
-        if let Ok(s) = &s {
-            if pred(s) {
-                return Ok(s.clone());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("snapshot {name} never reached the expected state: {s:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Polls `check` every 50 ms until it returns Ok, or fails with its last error.
 fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T>) -> T {

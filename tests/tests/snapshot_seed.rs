@@ -7,20 +7,7 @@ use std::time::{Duration, Instant};
 use basalt_tests::blk::Blk;
 use basalt_tests::cluster::{assert_identical, Admin};
 use basalt_tests::controlplane::ManagedCluster;
-
-const MIB: usize = 1 << 20;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use basalt_tests::snaps::{noise, MIB};
 
 fn server_index(id: &str) -> usize {
     id[1..].parse::<usize>().unwrap() - 1

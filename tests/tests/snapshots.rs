@@ -2,13 +2,11 @@
 //! storage servers, a node manager and the `basalt` CLI; data written and
 //! read through real vhost-user-blk backends (libblkio on the host).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
 use basalt_tests::blk::Blk;
 use basalt_tests::controlplane::ManagedCluster;
-
-const MIB: usize = 1 << 20;
+use basalt_tests::snaps::{attach, noise, read_all, restore, snapshot, wait_snapshot, MIB};
 
 fn cluster(args: &[&str]) -> (tempfile::TempDir, ManagedCluster) {
     let root = tempfile::Builder::new()
@@ -18,84 +16,6 @@ fn cluster(args: &[&str]) -> (tempfile::TempDir, ManagedCluster) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let c = ManagedCluster::start_with_control_args(root.path(), 3, &args).unwrap();
     (root, c)
-}
-
-/// Attaches `vol` to node1 and opens its socket.
-fn attach(c: &ManagedCluster, vol: &str) -> Blk {
-    let a = c
-        .cli_json(&["volume", "attach", vol, "--node", "node1"])
-        .unwrap();
-    Blk::open(std::path::Path::new(
-        a["attachment"]["socket_path"].as_str().unwrap(),
-    ))
-    .unwrap()
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn read_all(b: &mut Blk, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    for (i, chunk) in out.chunks_mut(MIB).enumerate() {
-        b.read_at((i * MIB) as u64, chunk).unwrap();
-    }
-    out
-}
-
-fn snapshot(c: &ManagedCluster, name: &str) -> Result<serde_json::Value> {
-    let (ok, _, err) = c.cli(&["snapshot", "create", vol_of(name), "--name", name])?;
-    if !ok {
-        bail!("snapshot create {name}: {err}");
-    }
-    wait_snapshot(c, name, Duration::from_secs(120), |s| {
-        s["state"] != "CREATING"
-    })
-}
-
-/// Test snapshots are named `<volume>.<tag>`.
-fn vol_of(name: &str) -> &str {
-    name.split('.').next().unwrap()
-}
-
-fn wait_snapshot(
-    c: &ManagedCluster,
-    name: &str,
-    timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = c.cli_json(&["snapshot", "show", name]);
-        if let Ok(s) = &s {
-            if pred(s) {
-                return Ok(s.clone());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("snapshot {name} never reached the expected state: {s:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A new volume from `snap`, attached at once; returns its whole content.
-fn restore(c: &ManagedCluster, snap: &str, vol: &str, len: usize) -> Vec<u8> {
-    let v = c
-        .cli_json(&["volume", "create", vol, "--from-snapshot", snap])
-        .unwrap();
-    assert_eq!(v["state"], "AVAILABLE", "{v}");
-    let mut b = attach(c, vol);
-    read_all(&mut b, len)
 }
 
 #[test]
