@@ -20,6 +20,24 @@ pub struct AdminService {
     pub data_dir: std::path::PathBuf,
 }
 
+fn peer_from_pb(p: pb::Peer) -> PeerMeta {
+    PeerMeta {
+        server_id: p.server_id,
+        address: p.address,
+        delta: p.delta,
+        seed_snapshot: p.seed_snapshot,
+    }
+}
+
+fn peer_to_pb(p: PeerMeta) -> pb::Peer {
+    pb::Peer {
+        server_id: p.server_id,
+        address: p.address,
+        delta: p.delta,
+        seed_snapshot: p.seed_snapshot,
+    }
+}
+
 fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
     let l = l.ok_or_else(|| Status::invalid_argument("layout is required"))?;
     let role = match pb::CopyRole::try_from(l.role) {
@@ -34,27 +52,9 @@ fn layout_from_pb(l: Option<pb::CopyLayout>) -> Result<Layout, Status> {
     Ok(Layout {
         role,
         epoch: l.epoch,
-        mirrors: l
-            .mirrors
-            .into_iter()
-            .map(|p| PeerMeta {
-                server_id: p.server_id,
-                address: p.address,
-                delta: p.delta,
-                seed_snapshot: p.seed_snapshot,
-            })
-            .collect(),
+        mirrors: l.mirrors.into_iter().map(peer_from_pb).collect(),
         primary_server_id: l.primary_server_id,
-        syncing: l
-            .syncing
-            .into_iter()
-            .map(|p| PeerMeta {
-                server_id: p.server_id,
-                address: p.address,
-                delta: p.delta,
-                seed_snapshot: p.seed_snapshot,
-            })
-            .collect(),
+        syncing: l.syncing.into_iter().map(peer_from_pb).collect(),
         attachment: l.attachment,
     })
 }
@@ -71,27 +71,9 @@ fn info(c: &Copy) -> pb::CopyInfo {
                 Role::Mirror => pb::CopyRole::Mirror,
             } as i32,
             epoch: m.epoch,
-            mirrors: m
-                .mirrors
-                .into_iter()
-                .map(|p| pb::Peer {
-                    server_id: p.server_id,
-                    address: p.address,
-                    delta: p.delta,
-                    seed_snapshot: p.seed_snapshot,
-                })
-                .collect(),
+            mirrors: m.mirrors.into_iter().map(peer_to_pb).collect(),
             primary_server_id: m.primary_server_id,
-            syncing: m
-                .syncing
-                .into_iter()
-                .map(|p| pb::Peer {
-                    server_id: p.server_id,
-                    address: p.address,
-                    delta: p.delta,
-                    seed_snapshot: p.seed_snapshot,
-                })
-                .collect(),
+            syncing: m.syncing.into_iter().map(peer_to_pb).collect(),
             attachment: m.attachment,
         }),
         synced: {
