@@ -10,6 +10,8 @@
 //! * [`manifest`]: the versioned binary manifest format.
 //! * [`destination`]: where snapshots are kept, the object key layout, and the
 //!   garbage-collection sweep.
+//! * [`set`]: one snapshot over several destinations (duplicate or striped),
+//!   read with fallback, hedged requests and repair of corrupt copies.
 //!
 //! Change tracking and chunking work on [`BLOCK_SIZE`] blocks (512 KiB, as the
 //! EBS direct APIs). A block that is all zeroes is not stored at all.
@@ -17,12 +19,17 @@
 pub mod chunk;
 pub mod destination;
 pub mod manifest;
+pub mod set;
 #[doc(hidden)]
 pub mod testing;
 
 pub use chunk::{ChunkError, ChunkId};
-pub use destination::{Destination, DestinationError, DestinationSpec, SweepStats};
+pub use destination::{
+    read_credentials_file, AccessError, Destination, DestinationError, DestinationSpec, SweepStats,
+    Usage,
+};
 pub use manifest::{Manifest, ManifestError};
+pub use set::{DestinationSet, Layout, MemberStats, PutOutcome, SetError, SetOptions, SetStats};
 
 /// Change-tracking and chunk granularity in bytes (512 KiB).
 pub const BLOCK_SIZE: u64 = 512 << 10;

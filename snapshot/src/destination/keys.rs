@@ -52,6 +52,11 @@ impl Keys {
         self.join(&format!("{CHUNKS}/{}/{hex}", &hex[..2]))
     }
 
+    /// The test object of an access check (`<prefix>/probe/<token>`).
+    pub(super) fn probe(&self, token: &str) -> Path {
+        self.join(&format!("probe/{token}"))
+    }
+
     pub(super) fn manifest(&self, snapshot_id: u64) -> Path {
         self.join(&format!("{MANIFESTS}/{snapshot_id:020}"))
     }

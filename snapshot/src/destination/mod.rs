@@ -8,6 +8,7 @@
 //! <prefix>/manifests/<snapshot_id, 20-digit zero-padded decimal>     manifest (see crate::manifest)
 //! ```
 
+mod check;
 mod keys;
 mod open;
 mod spec;
@@ -23,7 +24,8 @@ use object_store::{ObjectStore, PutPayload};
 use crate::chunk::{self, ChunkError, ChunkId};
 use crate::manifest::{Manifest, ManifestError};
 
-pub use spec::{DestinationSpec, FLAG_SYNTAX};
+pub use check::{AccessError, Usage};
+pub use spec::{read_credentials_file, DestinationSpec, FLAG_SYNTAX};
 pub use sweep::SweepStats;
 
 /// Errors of this module.
@@ -122,6 +124,25 @@ impl Destination {
         })
     }
 
+    /// A destination over an existing object store (tests: in-memory or
+    /// throttled stores); `prefix` as in [`Destination::open`]'s key layout.
+    #[doc(hidden)]
+    pub fn from_store(
+        name: &str,
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+    ) -> Result<Destination, DestinationError> {
+        let keys = keys::Keys::new(prefix).map_err(|reason| DestinationError::Open {
+            name: name.to_owned(),
+            reason,
+        })?;
+        Ok(Destination {
+            name: name.to_owned(),
+            store,
+            keys,
+        })
+    }
+
     /// The destination's name (from its spec).
     pub fn name(&self) -> &str {
         &self.name
@@ -201,6 +222,17 @@ impl Destination {
     /// Stores a chunk (`stored` from [`chunk::encode`]). A plain put: the caller
     /// checks [`Destination::has_chunk`] first to skip existing chunks.
     pub async fn put_chunk(&self, id: &ChunkId, stored: Vec<u8>) -> Result<(), DestinationError> {
+        self.put_bytes(&self.keys.chunk(id), PutPayload::from(stored))
+            .await
+    }
+
+    /// [`Destination::put_chunk`] with shared bytes: storing one chunk in
+    /// several destinations copies it once, not once per destination.
+    pub async fn put_chunk_bytes(
+        &self,
+        id: &ChunkId,
+        stored: Bytes,
+    ) -> Result<(), DestinationError> {
         self.put_bytes(&self.keys.chunk(id), PutPayload::from(stored))
             .await
     }

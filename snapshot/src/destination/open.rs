@@ -1,6 +1,7 @@
 //! Building the `object_store` client for a [`DestinationSpec`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -57,7 +58,21 @@ pub(super) fn open_store(
             .with_access_key_id(&spec.access_key_id)
             .with_secret_access_key(&spec.secret_access_key)
             .with_allow_http(spec.allow_http)
-            .with_virtual_hosted_style_request(false);
+            .with_virtual_hosted_style_request(false)
+            // Fail over to another destination in seconds, not after
+            // object_store's default of retrying for three minutes.
+            .with_retry(object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+                ..Default::default()
+            })
+            // Replaces every client option: allow-http is set here too.
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(spec.allow_http)
+                    .with_connect_timeout(Duration::from_secs(3))
+                    .with_timeout(Duration::from_secs(60)),
+            );
         if !spec.endpoint.is_empty() {
             builder = builder.with_endpoint(&spec.endpoint);
         }

@@ -124,7 +124,7 @@ impl DestinationSpec {
 
 /// Reads `access_key_id = ...` / `secret_access_key = ...` lines. Errors give
 /// line numbers only, never line contents (they may hold the secret).
-fn read_credentials_file(path: &Path) -> Result<(String, String), DestinationError> {
+pub fn read_credentials_file(path: &Path) -> Result<(String, String), DestinationError> {
     let bad = |reason: String| DestinationError::CredentialsFile {
         path: path.display().to_string(),
         reason,
