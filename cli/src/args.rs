@@ -43,6 +43,12 @@ pub enum Command {
     /// Snapshots of volumes, stored in an object-store destination.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Snapshots of a volume on a schedule, with retention.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+    /// Named places where snapshots are kept (directories, S3 buckets).
+    #[command(subcommand)]
+    Destination(DestinationCmd),
     /// Storage servers.
     #[command(subcommand)]
     Server(ServerCmd),
@@ -98,6 +104,90 @@ pub enum VolumeCmd {
     Detach { volume: String },
     /// Delete a volume (must be detached).
     Delete { volume: String },
+    /// Write a raw image into a volume that is not attached read-write,
+    /// from offset 0, block by block (every copy holds each block durably
+    /// before the next is sent).
+    Upload {
+        volume: String,
+        /// The raw image (at most the volume's size).
+        file: PathBuf,
+    },
+    /// Read a volume that is not attached read-write into a raw image file
+    /// (sparse: zero blocks are holes).
+    Download { volume: String, file: PathBuf },
+    /// Choose where a volume's snapshots go (from its next snapshot on).
+    Backup {
+        volume: String,
+        /// single, duplicate (every chunk in every destination), alternate
+        /// (snapshots go to the destinations in turn) or striped (chunks
+        /// spread over the destinations by block range).
+        #[arg(long, value_parser = ["single", "duplicate", "alternate", "striped"], required_unless_present = "clear")]
+        layout: Option<String>,
+        /// A destination name; repeat for several (duplicate, alternate,
+        /// striped take 2 to 8).
+        #[arg(long = "destination", required_unless_present = "clear")]
+        destinations: Vec<String>,
+        /// Striped: MiB per stripe unit (default 4).
+        #[arg(long)]
+        stripe_mib: Option<u32>,
+        /// Move snapshots older than this (e.g. 30d, 12h) to --archive-to.
+        #[arg(long, requires = "archive_to")]
+        archive_after: Option<String>,
+        /// The (cheaper) destination old snapshots are moved to.
+        #[arg(long, requires = "archive_after")]
+        archive_to: Option<String>,
+        /// Back to the control service's default destination.
+        #[arg(long, conflicts_with_all = ["layout", "destinations", "stripe_mib", "archive_after"])]
+        clear: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DestinationType {
+    /// A local or mounted directory (`--path`).
+    Dir,
+    /// An S3 bucket or S3-compatible server (`--bucket`).
+    S3,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DestinationCmd {
+    /// Add a destination for the tenant; refused unless a test object can
+    /// be written, read back and deleted there.
+    Add {
+        name: String,
+        #[arg(long = "type", value_enum)]
+        kind: DestinationType,
+        /// dir: absolute directory (on the storage servers and the control
+        /// service: use shared storage for more than one host).
+        #[arg(long, required_if_eq("kind", "dir"))]
+        path: Option<PathBuf>,
+        /// s3: bucket name.
+        #[arg(long, required_if_eq("kind", "s3"))]
+        bucket: Option<String>,
+        /// s3: key prefix inside the bucket.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// s3: endpoint URL of an S3-compatible server.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// s3: region (default us-east-1).
+        #[arg(long)]
+        region: Option<String>,
+        /// s3: allow a plain-HTTP endpoint.
+        #[arg(long)]
+        allow_http: bool,
+        /// s3: file with lines `access_key_id = ...` and
+        /// `secret_access_key = ...` (never pass secrets on the command line).
+        #[arg(long, required_if_eq("kind", "s3"))]
+        credentials_file: Option<PathBuf>,
+    },
+    /// List the destinations the tenant can use, with their last check.
+    List,
+    /// Check a destination's access now and count what it stores.
+    Show { name: String },
+    /// Remove a destination (refused while snapshots or backup policies use it).
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +226,90 @@ pub enum SnapshotCmd {
     Delete {
         /// The snapshot (id or name).
         snapshot: String,
+    },
+    /// Make a snapshot from a raw disk image (convert other formats first:
+    /// `qemu-img convert -O raw in.qcow2 out.raw`). Zero blocks are skipped.
+    Import {
+        /// The raw image file.
+        file: PathBuf,
+        /// Snapshot name, unique within the tenant.
+        #[arg(long)]
+        name: String,
+        /// Destination to store it in (default: the control service's default).
+        #[arg(long, conflicts_with = "parent")]
+        destination: Option<String>,
+        /// Only send the blocks that differ from this COMPLETE snapshot (id
+        /// or name); the new snapshot goes to its destinations.
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Write a snapshot's content to a raw image file (sparse: zero blocks
+    /// are holes).
+    Export {
+        /// The snapshot (id or name).
+        snapshot: String,
+        /// The file to write (created or truncated).
+        file: PathBuf,
+    },
+    /// Copy a COMPLETE snapshot to one more destination (in the background;
+    /// restores read from every copy).
+    Copy {
+        /// The snapshot (id or name).
+        snapshot: String,
+        #[arg(long)]
+        destination: String,
+        /// Wait until the copy is complete.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a snapshot from one destination, while enough complete copies
+    /// remain elsewhere.
+    RemoveCopy {
+        /// The snapshot (id or name).
+        snapshot: String,
+        #[arg(long)]
+        destination: String,
+    },
+    /// The 512 KiB blocks that differ between two snapshots.
+    Diff {
+        /// The older snapshot (id or name).
+        first: String,
+        /// The newer snapshot (id or name).
+        second: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCmd {
+    /// Set a volume's schedule and retention (replacing any).
+    Set {
+        /// The volume (id or name).
+        volume: String,
+        /// Interval, e.g. 90s, 15m, 4h, 1d.
+        #[arg(long, required_unless_present = "cron", conflicts_with = "cron")]
+        every: Option<String>,
+        /// Cron expression, 5 fields, UTC, e.g. "0 3 * * *".
+        #[arg(long)]
+        cron: Option<String>,
+        /// Keep the newest N scheduled snapshots.
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Keep the newest of each of the last N days.
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        /// Keep the newest of each of the last N ISO weeks.
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+    },
+    /// Show a volume's schedule: next run, last run, last error.
+    Show {
+        /// The volume (id or name).
+        volume: String,
+    },
+    /// Remove a volume's schedule (its snapshots are kept).
+    Clear {
+        /// The volume (id or name).
+        volume: String,
     },
 }
 

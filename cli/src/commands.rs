@@ -87,6 +87,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Printed> {
                 size_bytes,
                 copies: *copies,
                 from_snapshot: from_snapshot.as_deref().map(|s| sref(cli, s)),
+                backup_policy: None,
             };
             let v = c.create_volume(req).await.map_err(st)?.into_inner();
             if *wait {
@@ -162,6 +163,38 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Printed> {
             }
         }
         Command::Snapshot(cmd) => crate::snapshot::run(cli, &mut c, cmd).await?,
+        Command::Destination(cmd) => crate::destination::run(cli, &mut c, cmd).await?,
+        Command::Volume(VolumeCmd::Upload { volume: v, file }) => {
+            crate::volume_io::upload(cli, &mut c, v, file).await?
+        }
+        Command::Volume(VolumeCmd::Download { volume: v, file }) => {
+            crate::volume_io::download(cli, &mut c, v, file).await?
+        }
+        Command::Schedule(cmd) => crate::schedule::run(cli, &mut c, cmd).await?,
+        Command::Volume(VolumeCmd::Backup {
+            volume: v,
+            layout,
+            destinations,
+            stripe_mib,
+            archive_after,
+            archive_to,
+            clear,
+        }) => volume(
+            c.set_backup_policy(pb::SetBackupPolicyRequest {
+                volume: Some(vref(cli, v)),
+                policy: crate::destination::policy(
+                    layout,
+                    destinations,
+                    *stripe_mib,
+                    archive_after.as_deref(),
+                    archive_to.as_deref(),
+                    *clear,
+                )?,
+            })
+            .await
+            .map_err(st)?
+            .into_inner(),
+        ),
         Command::Server(ServerCmd::List) => {
             let ss = c
                 .list_storage_servers(pb::ListStorageServersRequest {})

@@ -2,8 +2,12 @@
 
 pub mod args;
 pub mod commands;
+pub mod destination;
 pub mod output;
 pub mod progress;
+pub mod schedule;
 pub mod size;
 pub mod snapshot;
+pub mod transfer;
 pub mod up;
+pub mod volume_io;

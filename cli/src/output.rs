@@ -30,6 +30,12 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         })),
         "source_snapshot_id": v.source_snapshot_id,
         "hydration": v.hydration.as_ref().map(hydration_json),
+        "schedule": crate::schedule::schedule_json(v.schedule.as_ref()),
+        "backup_policy": v.backup_policy.as_ref().map(|p| json!({
+            "layout": p.layout,
+            "destinations": p.destinations,
+            "stripe_mib": p.stripe_mib,
+        })),
     })
 }
 
@@ -40,6 +46,18 @@ pub fn hydration_json(h: &pb::Hydration) -> Value {
         "blocks_present": h.blocks_present,
         "bytes_fetched": h.bytes_fetched,
         "complete": h.complete,
+        "error": h.error,
+        "fallbacks": h.fallbacks,
+        "hedges": h.hedges,
+        "sources": h.sources.iter().map(|r| json!({
+            "destination": r.destination,
+            "latency_micros": r.latency_micros,
+            "reads": r.reads,
+            "errors": r.errors,
+            "corrupt": r.corrupt,
+            "repaired": r.repaired,
+            "served": r.served,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -53,6 +71,11 @@ pub fn snapshot_json(s: &pb::Snapshot) -> Value {
         "state": s.state,
         "failure": s.failure,
         "destination": s.destination,
+        "destinations": s.destinations,
+        "layout": s.layout,
+        "copies": s.copies,
+        "copying": s.copying,
+        "scheduled": s.scheduled,
         "parent_id": s.parent_id,
         "size_bytes": s.size_bytes,
         "created_at": s.created_at,
@@ -157,9 +180,31 @@ pub fn volume_detail(v: &pb::Volume) -> String {
             a.cloud_hypervisor_args.join(" ")
         ));
     }
+    if let Some(p) = &v.backup_policy {
+        s.push_str("\n\n");
+        s.push_str(&crate::destination::policy_line(p));
+    }
     if let Some(h) = &v.hydration {
         s.push_str("\n\n");
         s.push_str(&hydration_line(h));
+        for r in &h.sources {
+            s.push_str(&format!(
+                "\n  from {}: {} chunks served, {} reads ({:.1} ms avg), {} errors, {} corrupt ({} repaired)",
+                r.destination,
+                r.served,
+                r.reads,
+                r.latency_micros as f64 / 1000.0,
+                r.errors,
+                r.corrupt,
+                r.repaired
+            ));
+        }
+        if h.fallbacks + h.hedges > 0 {
+            s.push_str(&format!(
+                "\n  {} chunks served by a fallback destination, {} hedged reads",
+                h.fallbacks, h.hedges
+            ));
+        }
     } else if v.source_snapshot_id != 0 {
         s.push_str(&format!(
             "\n\ncreated from snapshot {}",
@@ -241,7 +286,25 @@ pub fn snapshot_detail(s: &pb::Snapshot) -> String {
     let mut f: Vec<(&str, String)> = vec![
         ("tenant", s.tenant.clone()),
         ("volume", format!("{} (id {})", s.volume_name, s.volume_id)),
-        ("destination", s.destination.clone()),
+        (
+            "destination",
+            match s.layout.as_str() {
+                "" | "single" => s.destination.clone(),
+                l => format!("{} ({l})", s.destinations.join(", ")),
+            },
+        ),
+        (
+            "copies",
+            match (s.copies.is_empty(), s.copying.is_empty()) {
+                (true, true) => "-".into(),
+                _ if s.copying.is_empty() => s.copies.join(", "),
+                _ => format!(
+                    "{} (copying to {})",
+                    s.copies.join(", "),
+                    s.copying.join(", ")
+                ),
+            },
+        ),
         (
             "parent",
             if s.parent_id == 0 {
@@ -447,6 +510,7 @@ mod tests {
             bytes_fetched: 120 << 20,
             complete: false,
             error: String::new(),
+            ..Default::default()
         };
         assert_eq!(
             hydration_line(&h),

@@ -130,6 +130,71 @@ pub async fn run(
                 json: serde_json::json!({"deleted": s}),
             }
         }
+        SnapshotCmd::Import {
+            file,
+            name,
+            destination,
+            parent,
+        } => {
+            crate::transfer::import(
+                cli,
+                c,
+                file,
+                name,
+                destination.as_deref(),
+                parent.as_deref(),
+            )
+            .await?
+        }
+        SnapshotCmd::Export { snapshot: s, file } => {
+            crate::transfer::export(cli, c, s, file).await?
+        }
+        SnapshotCmd::Copy {
+            snapshot: s,
+            destination,
+            wait,
+        } => {
+            let mut snap = c
+                .copy_snapshot(pb::CopySnapshotRequest {
+                    snapshot: Some(sref(cli, s)),
+                    destination: destination.clone(),
+                })
+                .await
+                .map_err(st)?
+                .into_inner();
+            let started = Instant::now();
+            while *wait && snap.copying.contains(destination) {
+                tokio::time::sleep(POLL).await;
+                match c
+                    .describe_snapshot(pb::DescribeSnapshotRequest {
+                        snapshot: Some(pb::SnapshotRef {
+                            id: snap.id,
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                {
+                    Ok(r) => snap = r.into_inner(),
+                    // The control service may be restarting.
+                    Err(_) if started.elapsed() < RETRY_FOR => {}
+                    Err(e) => return Err(st(e)),
+                }
+            }
+            snapshot(&snap)
+        }
+        SnapshotCmd::RemoveCopy {
+            snapshot: s,
+            destination,
+        } => snapshot(
+            &c.remove_snapshot_copy(pb::RemoveSnapshotCopyRequest {
+                snapshot: Some(sref(cli, s)),
+                destination: destination.clone(),
+            })
+            .await
+            .map_err(st)?
+            .into_inner(),
+        ),
+        SnapshotCmd::Diff { first, second } => crate::transfer::diff(cli, c, first, second).await?,
     })
 }
 
@@ -333,6 +398,7 @@ mod tests {
             bytes_fetched: 7,
             complete: false,
             error: String::new(),
+            ..Default::default()
         };
         assert_eq!(
             hydration_status(&h),

@@ -76,6 +76,7 @@ fn volume(id: u64, name: &str, present: u64, drop_when_done: bool) -> pb::Volume
             bytes_fetched: present.min(SNAPSHOT_BLOCKS) << 16,
             complete,
             error: String::new(),
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -244,6 +245,81 @@ impl Control for Mock {
         &self,
         _: Request<pb::ReportUnreachableRequest>,
     ) -> R<pb::ReportUnreachableResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn add_destination(&self, _: Request<pb::AddDestinationRequest>) -> R<pb::Destination> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_destinations(
+        &self,
+        _: Request<pb::ListDestinationsRequest>,
+    ) -> R<pb::ListDestinationsResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn describe_destination(&self, _: Request<pb::DestinationRef>) -> R<pb::Destination> {
+        Err(Status::unimplemented(""))
+    }
+    async fn remove_destination(
+        &self,
+        _: Request<pb::DestinationRef>,
+    ) -> R<pb::RemoveDestinationResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn set_backup_policy(&self, _: Request<pb::SetBackupPolicyRequest>) -> R<pb::Volume> {
+        Err(Status::unimplemented(""))
+    }
+    async fn set_schedule(&self, _: Request<pb::SetScheduleRequest>) -> R<pb::Volume> {
+        Err(Status::unimplemented(""))
+    }
+    async fn write_volume_block(
+        &self,
+        _: Request<pb::WriteVolumeBlockRequest>,
+    ) -> R<pb::WriteVolumeBlockResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn read_volume_block(
+        &self,
+        _: Request<pb::ReadVolumeBlockRequest>,
+    ) -> R<pb::ReadVolumeBlockResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn copy_snapshot(&self, _: Request<pb::CopySnapshotRequest>) -> R<pb::Snapshot> {
+        Err(Status::unimplemented(""))
+    }
+    async fn remove_snapshot_copy(
+        &self,
+        _: Request<pb::RemoveSnapshotCopyRequest>,
+    ) -> R<pb::Snapshot> {
+        Err(Status::unimplemented(""))
+    }
+    async fn start_snapshot(&self, _: Request<pb::StartSnapshotRequest>) -> R<pb::Snapshot> {
+        Err(Status::unimplemented(""))
+    }
+    async fn put_snapshot_block(
+        &self,
+        _: Request<pb::PutSnapshotBlockRequest>,
+    ) -> R<pb::PutSnapshotBlockResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn complete_snapshot(&self, _: Request<pb::CompleteSnapshotRequest>) -> R<pb::Snapshot> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_snapshot_blocks(
+        &self,
+        _: Request<pb::ListSnapshotBlocksRequest>,
+    ) -> R<pb::ListSnapshotBlocksResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_changed_blocks(
+        &self,
+        _: Request<pb::ListChangedBlocksRequest>,
+    ) -> R<pb::ListChangedBlocksResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get_snapshot_block(
+        &self,
+        _: Request<pb::GetSnapshotBlockRequest>,
+    ) -> R<pb::GetSnapshotBlockResponse> {
         Err(Status::unimplemented(""))
     }
 }

@@ -57,6 +57,11 @@ pub struct Args {
     /// How often uploads and hydrations are polled for progress.
     #[arg(long, default_value_t = 250)]
     pub snapshot_poll_ms: u64,
+    /// How often every destination's access is checked (a test object
+    /// written, read back and deleted); `basalt destination list` shows the
+    /// result.
+    #[arg(long, default_value_t = 300)]
+    pub destination_check_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,7 @@ pub struct Config {
     pub hydration_rate: u64,
     pub snapshot_rate: u64,
     pub snapshot_poll: Duration,
+    pub destination_check: Duration,
 }
 
 impl TryFrom<Args> for Config {
@@ -96,6 +102,7 @@ impl TryFrom<Args> for Config {
             (a.peer_timeout_ms, "--peer-timeout-ms"),
             (a.probe_timeout_ms, "--probe-timeout-ms"),
             (a.snapshot_poll_ms, "--snapshot-poll-ms"),
+            (a.destination_check_secs, "--destination-check-secs"),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroTimer(n));
@@ -132,6 +139,7 @@ impl TryFrom<Args> for Config {
             hydration_rate: a.hydration_rate_mib << 20,
             snapshot_rate: a.snapshot_rate_mib << 20,
             snapshot_poll: Duration::from_millis(a.snapshot_poll_ms),
+            destination_check: Duration::from_secs(a.destination_check_secs),
             listen: a.listen,
             state_dir: a.state_dir,
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),

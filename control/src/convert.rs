@@ -57,6 +57,29 @@ impl Control {
                 bytes_fetched: s.bytes_fetched,
                 complete: s.hydrated,
                 error: s.error.clone(),
+                sources: s
+                    .reads
+                    .iter()
+                    .map(|r| pb::DestinationReads {
+                        destination: r.destination.clone(),
+                        latency_micros: r.latency_micros,
+                        reads: r.reads,
+                        errors: r.errors,
+                        corrupt: r.corrupt,
+                        repaired: r.repaired,
+                        served: r.served,
+                    })
+                    .collect(),
+                fallbacks: s.fallbacks,
+                hedges: s.hedges,
+            }),
+            schedule: v.schedule.as_ref().map(crate::schedules::schedule_pb),
+            backup_policy: v.backup.as_ref().map(|p| pb::BackupPolicy {
+                layout: p.layout.as_str().into(),
+                destinations: p.destinations.clone(),
+                stripe_mib: ((p.stripe_blocks * basalt_snapshot::BLOCK_SIZE) >> 20) as u32,
+                archive_after_secs: p.archive_after_secs,
+                archive_to: p.archive_to.clone(),
             }),
         }
     }

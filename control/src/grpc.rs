@@ -78,6 +78,121 @@ impl control_server::Control for Api {
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 
+    async fn add_destination(&self, r: Request<pb::AddDestinationRequest>) -> R<pb::Destination> {
+        let d = self.0.add_destination(r.into_inner()).await?;
+        Ok(Response::new(crate::destinations::destination_pb(&d, 0)))
+    }
+
+    async fn list_destinations(
+        &self,
+        r: Request<pb::ListDestinationsRequest>,
+    ) -> R<pb::ListDestinationsResponse> {
+        Ok(Response::new(pb::ListDestinationsResponse {
+            destinations: self.0.list_destinations(&r.into_inner().tenant)?,
+        }))
+    }
+
+    async fn describe_destination(&self, r: Request<pb::DestinationRef>) -> R<pb::Destination> {
+        Ok(Response::new(
+            self.0.describe_destination(&r.into_inner()).await?,
+        ))
+    }
+
+    async fn remove_destination(
+        &self,
+        r: Request<pb::DestinationRef>,
+    ) -> R<pb::RemoveDestinationResponse> {
+        self.0.remove_destination(&r.into_inner()).await?;
+        Ok(Response::new(pb::RemoveDestinationResponse {}))
+    }
+
+    async fn set_backup_policy(&self, r: Request<pb::SetBackupPolicyRequest>) -> R<pb::Volume> {
+        let v = self.0.set_backup_policy(r.into_inner()).await?;
+        Ok(Response::new(self.0.volume_pb(&v)))
+    }
+
+    async fn set_schedule(&self, r: Request<pb::SetScheduleRequest>) -> R<pb::Volume> {
+        let v = self.0.set_schedule(r.into_inner()).await?;
+        Ok(Response::new(self.0.volume_pb(&v)))
+    }
+
+    async fn write_volume_block(
+        &self,
+        r: Request<pb::WriteVolumeBlockRequest>,
+    ) -> R<pb::WriteVolumeBlockResponse> {
+        Ok(Response::new(
+            self.0.write_volume_block(r.into_inner()).await?,
+        ))
+    }
+
+    async fn read_volume_block(
+        &self,
+        r: Request<pb::ReadVolumeBlockRequest>,
+    ) -> R<pb::ReadVolumeBlockResponse> {
+        Ok(Response::new(
+            self.0.read_volume_block(r.into_inner()).await?,
+        ))
+    }
+
+    async fn copy_snapshot(&self, r: Request<pb::CopySnapshotRequest>) -> R<pb::Snapshot> {
+        let s = self.0.copy_snapshot(r.into_inner()).await?;
+        Ok(Response::new(crate::snapshots::snapshot_pb(&s)))
+    }
+
+    async fn remove_snapshot_copy(
+        &self,
+        r: Request<pb::RemoveSnapshotCopyRequest>,
+    ) -> R<pb::Snapshot> {
+        let s = self.0.remove_snapshot_copy(r.into_inner()).await?;
+        Ok(Response::new(crate::snapshots::snapshot_pb(&s)))
+    }
+
+    async fn start_snapshot(&self, r: Request<pb::StartSnapshotRequest>) -> R<pb::Snapshot> {
+        let s = self.0.start_direct_snapshot(r.into_inner()).await?;
+        Ok(Response::new(crate::snapshots::snapshot_pb(&s)))
+    }
+
+    async fn put_snapshot_block(
+        &self,
+        r: Request<pb::PutSnapshotBlockRequest>,
+    ) -> R<pb::PutSnapshotBlockResponse> {
+        Ok(Response::new(
+            self.0.put_snapshot_block(r.into_inner()).await?,
+        ))
+    }
+
+    async fn complete_snapshot(&self, r: Request<pb::CompleteSnapshotRequest>) -> R<pb::Snapshot> {
+        let s = self.0.complete_direct_snapshot(r.into_inner()).await?;
+        Ok(Response::new(crate::snapshots::snapshot_pb(&s)))
+    }
+
+    async fn list_snapshot_blocks(
+        &self,
+        r: Request<pb::ListSnapshotBlocksRequest>,
+    ) -> R<pb::ListSnapshotBlocksResponse> {
+        Ok(Response::new(
+            self.0.list_snapshot_blocks(r.into_inner()).await?,
+        ))
+    }
+
+    async fn list_changed_blocks(
+        &self,
+        r: Request<pb::ListChangedBlocksRequest>,
+    ) -> R<pb::ListChangedBlocksResponse> {
+        Ok(Response::new(
+            self.0.list_changed_blocks(r.into_inner()).await?,
+        ))
+    }
+
+    async fn get_snapshot_block(
+        &self,
+        r: Request<pb::GetSnapshotBlockRequest>,
+    ) -> R<pb::GetSnapshotBlockResponse> {
+        Ok(Response::new(
+            self.0.get_snapshot_block(r.into_inner()).await?,
+        ))
+    }
+
     async fn resize_volume(&self, r: Request<pb::ResizeVolumeRequest>) -> R<pb::Volume> {
         let v = self.0.resize(r.into_inner()).await?;
         Ok(Response::new(self.0.volume_pb(&v)))

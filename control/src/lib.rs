@@ -2,9 +2,14 @@
 //! attachments), tracks storage servers and node managers, and persists
 //! every change in a metadata store before acting on it.
 
+mod backup_policy;
+mod block_reads;
+mod blocks;
 pub mod clients;
 pub mod config;
 mod convert;
+mod copies;
+mod destinations;
 mod drain;
 pub mod error;
 mod failover;
@@ -14,8 +19,10 @@ pub mod placement;
 mod reconcile;
 pub mod registry;
 mod report;
+mod schedules;
 mod snapshots;
 pub mod store;
+mod volume_blocks;
 mod volumes;
 
 use std::future::Future;
@@ -35,6 +42,17 @@ pub struct Control {
     ops: tokio::sync::Mutex<()>,
     /// Per destination: held by a sweep, and briefly by a snapshot point.
     gc_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per open direct snapshot: puts share it, completing takes it alone.
+    direct_locks: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::RwLock<()>>>>,
+    /// Manifests of complete snapshots read for block access.
+    /// Held by a schedule run from its decision to its record, and by
+    /// SetSchedule: once a change or a clear returned, no run of the old
+    /// schedule is in flight.
+    schedule_runs: tokio::sync::Mutex<()>,
+    /// Snapshot copies running: (snapshot, target destination).
+    copy_jobs: std::sync::Mutex<std::collections::HashSet<(u64, String)>>,
+    manifest_cache:
+        std::sync::Mutex<std::collections::HashMap<u64, Arc<basalt_snapshot::Manifest>>>,
     config: Config,
 }
 
@@ -49,6 +67,10 @@ impl Control {
             },
             ops: tokio::sync::Mutex::new(()),
             gc_locks: Default::default(),
+            direct_locks: Default::default(),
+            manifest_cache: Default::default(),
+            copy_jobs: Default::default(),
+            schedule_runs: Default::default(),
             config,
         }
     }
@@ -82,10 +104,14 @@ pub async fn bind(config: Config) -> anyhow::Result<(Arc<Control>, TcpListener)>
     let path = config.state_dir.join("control.redb");
     let store =
         store::RedbStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let listener = TcpListener::bind(config.listen)
+    let control = Control::new(config, Arc::new(store));
+    control
+        .record_flag_destinations()
+        .context("cannot record the --destination flags")?;
+    let listener = TcpListener::bind(control.config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    Ok((Arc::new(Control::new(config, Arc::new(store))), listener))
+        .with_context(|| format!("cannot listen on {}", control.config.listen))?;
+    Ok((Arc::new(control), listener))
 }
 
 /// Serves the API and runs reconciliation until `shutdown` resolves.
@@ -105,7 +131,20 @@ pub async fn serve(
     let poller = tokio::spawn(async move {
         loop {
             poll.poll_snapshots().await;
+            poll.run_schedules().await;
+            poll.start_copies();
+            poll.archive_old().await;
             tokio::time::sleep(poll.config.snapshot_poll).await;
+        }
+    });
+    // Access checks on their own task: a destination that does not answer
+    // must not hold up the polls of uploads and hydrations.
+    let check = control.clone();
+    let checker = tokio::spawn(async move {
+        let every = check.config.destination_check;
+        loop {
+            check.check_destinations(every).await;
+            tokio::time::sleep(every.min(std::time::Duration::from_secs(10))).await;
         }
     });
     tracing::info!(listen = %listener.local_addr()?, "basalt-control ready");
@@ -116,5 +155,6 @@ pub async fn serve(
         .await;
     reconciler.abort();
     poller.abort();
+    checker.abort();
     r.context("control API server failed")
 }

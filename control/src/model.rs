@@ -90,6 +90,132 @@ pub struct VolumeRecord {
     /// after, for the record).
     #[serde(default)]
     pub source: Option<SourceRecord>,
+    /// Where its snapshots go (None: the default destination).
+    #[serde(default)]
+    pub backup: Option<BackupPolicy>,
+    /// Snapshots taken on a schedule (see `schedules.rs`).
+    #[serde(default)]
+    pub schedule: Option<ScheduleRecord>,
+}
+
+/// A volume's snapshot schedule and retention, and where it stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// Every this many seconds (0 = use `cron`).
+    pub interval_secs: u64,
+    /// 5-field cron expression, UTC ("" = use `interval_secs`).
+    pub cron: String,
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    /// Unix seconds.
+    pub next_run_at: i64,
+    pub last_run_at: i64,
+    pub last_error: String,
+    pub last_snapshot_id: u64,
+}
+
+/// How a volume's snapshots are laid over destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupLayout {
+    Single,
+    Duplicate,
+    Alternate,
+    Striped,
+}
+
+impl BackupLayout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupLayout::Single => "single",
+            BackupLayout::Duplicate => "duplicate",
+            BackupLayout::Alternate => "alternate",
+            BackupLayout::Striped => "striped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPolicy {
+    pub layout: BackupLayout,
+    pub destinations: Vec<String>,
+    /// Striped: 512 KiB blocks per stripe unit.
+    #[serde(default)]
+    pub stripe_blocks: u64,
+    /// Snapshots older than this are moved to `archive_to` (0 = never).
+    #[serde(default)]
+    pub archive_after_secs: u64,
+    #[serde(default)]
+    pub archive_to: String,
+}
+
+/// A named snapshot destination. Credentials are kept here (the store is
+/// the control service's own, owner-only directory) and sent only to the
+/// storage servers that upload to or load from it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationRecord {
+    pub name: String,
+    /// Owner tenant; "" for a destination defined by a `--destination`
+    /// flag (shared by every tenant, removed only by removing the flag).
+    pub tenant: String,
+    pub url: String,
+    pub endpoint: String,
+    pub region: String,
+    pub allow_http: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub created_at: i64,
+    #[serde(default)]
+    pub health: DestinationHealth,
+}
+
+/// The last access check of a destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationHealth {
+    pub ok: bool,
+    pub error: String,
+    pub checked_at: i64,
+    pub latency_micros: u64,
+}
+
+impl std::fmt::Debug for DestinationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationRecord")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DestinationRecord {
+    pub fn spec(&self) -> basalt_snapshot::DestinationSpec {
+        basalt_snapshot::DestinationSpec {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+        }
+    }
+
+    pub fn from_spec(d: &basalt_snapshot::DestinationSpec, tenant: &str) -> DestinationRecord {
+        DestinationRecord {
+            name: d.name.clone(),
+            tenant: tenant.to_owned(),
+            url: d.url.clone(),
+            endpoint: d.endpoint.clone(),
+            region: d.region.clone(),
+            allow_http: d.allow_http,
+            access_key_id: d.access_key_id.clone(),
+            secret_access_key: d.secret_access_key.clone(),
+            created_at: now_unix(),
+            health: DestinationHealth::default(),
+        }
+    }
 }
 
 /// A volume's source snapshot and its hydration, as last seen on the
@@ -107,6 +233,24 @@ pub struct SourceRecord {
     /// Last error the primary reported (it retries).
     #[serde(default)]
     pub error: String,
+    /// How each destination served the primary's reads.
+    #[serde(default)]
+    pub reads: Vec<DestinationReadsRecord>,
+    #[serde(default)]
+    pub fallbacks: u64,
+    #[serde(default)]
+    pub hedges: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationReadsRecord {
+    pub destination: String,
+    pub latency_micros: u64,
+    pub reads: u64,
+    pub errors: u64,
+    pub corrupt: u64,
+    pub repaired: u64,
+    pub served: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +262,8 @@ pub enum SnapshotState {
     Failed,
     /// Manifest being deleted (resumed after a restart).
     Deleting,
+    /// A direct snapshot taking blocks (StartSnapshot), until completed.
+    Open,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +287,17 @@ pub struct SnapshotRecord {
     pub tenant: String,
     pub volume_id: u64,
     pub volume_name: String,
+    /// The first of `destinations` (records written before snapshots had
+    /// several hold only this).
     pub destination: String,
+    /// Every destination holding it.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// single, duplicate or striped ("" = single).
+    #[serde(default)]
+    pub layout: String,
+    #[serde(default)]
+    pub stripe_blocks: u64,
     pub parent_id: u64,
     pub state: SnapshotState,
     #[serde(default)]
@@ -158,11 +314,61 @@ pub struct SnapshotRecord {
     pub point_taken: bool,
     #[serde(default)]
     pub progress: SnapshotProgressRecord,
+    /// Taken by the volume's schedule (retention may delete it).
+    #[serde(default)]
+    pub scheduled: bool,
+    /// Destinations holding a full copy besides `destinations`.
+    #[serde(default)]
+    pub copies: Vec<String>,
+    /// Destinations a copy is being made to (resumed after a restart).
+    #[serde(default)]
+    pub copying: Vec<String>,
 }
 
 impl SnapshotRecord {
     pub fn key(&self) -> String {
         snapshot_key(self.id)
+    }
+
+    /// Every destination holding it.
+    pub fn dests(&self) -> Vec<String> {
+        if self.destinations.is_empty() {
+            vec![self.destination.clone()]
+        } else {
+            self.destinations.clone()
+        }
+    }
+
+    /// Every destination holding (or receiving) any of it.
+    pub fn all_dests(&self) -> Vec<String> {
+        let mut v = self.dests();
+        v.extend(self.copies.iter().cloned());
+        v.extend(self.copying.iter().cloned());
+        v
+    }
+
+    /// Complete copies of the snapshot: each copy, each member of a
+    /// duplicate set, and the set itself otherwise.
+    pub fn full_copies(&self) -> usize {
+        let set = match self.layout() {
+            "duplicate" => self.dests().len(),
+            _ => 1,
+        };
+        set + self.copies.len()
+    }
+
+    pub fn layout(&self) -> &str {
+        if self.layout.is_empty() {
+            "single"
+        } else {
+            &self.layout
+        }
+    }
+
+    /// Same destinations, same layout: chunks of one can be reused by the
+    /// other (an incremental snapshot's parent must share its set).
+    pub fn same_set(&self, dests: &[String], layout: &str, stripe_blocks: u64) -> bool {
+        self.dests() == dests && self.layout() == layout && self.stripe_blocks == stripe_blocks
     }
 }
 

@@ -7,7 +7,6 @@
 
 use basalt_proto::control as pb;
 use basalt_proto::storage_admin as spb;
-use basalt_snapshot::{Destination, DestinationSpec};
 
 use crate::clients::peer_error;
 use crate::error::{ControlError, Result};
@@ -27,44 +26,7 @@ fn tenant_or_default(t: &str) -> String {
     }
 }
 
-/// The destination as sent to a storage server (with its credentials).
-pub fn destination_pb(d: &DestinationSpec) -> spb::Destination {
-    spb::Destination {
-        name: d.name.clone(),
-        url: d.url.clone(),
-        endpoint: d.endpoint.clone(),
-        region: d.region.clone(),
-        allow_http: d.allow_http,
-        access_key_id: d.access_key_id.clone(),
-        secret_access_key: d.secret_access_key.clone(),
-    }
-}
-
 impl Control {
-    pub(crate) fn destination(&self, name: &str) -> Result<&DestinationSpec> {
-        let d = if name.is_empty() {
-            self.config.destinations.first()
-        } else {
-            self.config.destinations.iter().find(|d| d.name == name)
-        };
-        d.ok_or_else(|| {
-            let names: Vec<&str> = self
-                .config
-                .destinations
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect();
-            ControlError::Invalid(format!(
-                "no destination {name:?}; configured: {names:?} (basalt-control --destination)"
-            ))
-        })
-    }
-
-    fn open_destination(&self, name: &str) -> Result<Destination> {
-        Destination::open(self.destination(name)?)
-            .map_err(|e| ControlError::Unavailable(format!("destination {name}: {e}")))
-    }
-
     pub(crate) fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         Ok(list_json(&*self.store, Table::Snapshots)?)
     }
@@ -100,12 +62,21 @@ impl Control {
     }
 
     pub async fn create_snapshot(&self, r: pb::CreateSnapshotRequest) -> Result<SnapshotRecord> {
+        self.take_snapshot(r, false).await
+    }
+
+    /// Takes a snapshot point; `scheduled` marks it as the schedule's (its
+    /// retention may delete it).
+    pub(crate) async fn take_snapshot(
+        &self,
+        r: pb::CreateSnapshotRequest,
+        scheduled: bool,
+    ) -> Result<SnapshotRecord> {
         if !crate::volumes::valid_name(&r.name) {
             return Err(ControlError::Invalid(
                 "snapshot name must be 1-63 of [A-Za-z0-9._-]".into(),
             ));
         }
-        let dest = self.destination(&r.destination)?.clone();
         let _op = self.ops.lock().await;
         let v = self.find(&r.volume.unwrap_or_default())?;
         if v.state != VolumeState::Available {
@@ -137,25 +108,38 @@ impl Control {
                 s.id, v.id
             )));
         }
+        let set = self.next_snapshot_set(&v, &r.destination, &all)?;
+        // Incremental to the latest complete snapshot in the same set: its
+        // chunks are where this one's unchanged blocks go.
         let parent_id = all
             .iter()
             .filter(|s| {
                 s.volume_id == v.id
-                    && s.destination == dest.name
                     && s.state == SnapshotState::Complete
+                    && s.same_set(&set.destinations, set.layout, set.stripe_blocks)
             })
             .map(|s| s.id)
             .max()
             .unwrap_or(0);
-        // No sweep of this destination may run while the upload does.
-        let _gc = self.gc_lock(&dest.name).lock_owned().await;
+        let destinations = self.set_pb(&set.destinations, set.layout, set.stripe_blocks)?;
+        // No sweep of these destinations may run while the upload does
+        // (locks taken in name order).
+        let mut sorted = set.destinations.clone();
+        sorted.sort();
+        let mut _gc = Vec::new();
+        for d in &sorted {
+            _gc.push(self.gc_lock(d).lock_owned().await);
+        }
         let mut s = SnapshotRecord {
             id: self.store.next_id("snapshot")?,
             name: r.name,
             tenant: v.tenant.clone(),
             volume_id: v.id,
             volume_name: v.name.clone(),
-            destination: dest.name.clone(),
+            destination: set.destinations[0].clone(),
+            destinations: set.destinations.clone(),
+            layout: set.layout.to_owned(),
+            stripe_blocks: set.stripe_blocks,
             parent_id,
             state: SnapshotState::Creating,
             failure: String::new(),
@@ -166,19 +150,22 @@ impl Control {
             epoch: v.epoch,
             point_taken: false,
             progress: SnapshotProgressRecord::default(),
+            scheduled,
+            copies: Vec::new(),
+            copying: Vec::new(),
         };
         self.save_snapshot(&s)?;
         basalt_failpoint::hit("snapshot.after_persist");
-        let server = self.registry.server(&*self.store, &s.primary)?;
         let req = spb::SnapshotPointRequest {
             volume_id: v.id,
             epoch: v.epoch,
             snapshot_id: s.id,
-            destination: Some(destination_pb(&dest)),
+            destinations: Some(destinations),
             parent_id,
             rate_bytes_per_sec: self.config.snapshot_rate,
         };
         let point = async {
+            let server = self.registry.server(&*self.store, &s.primary)?;
             let mut cl = self
                 .clients
                 .storage(&server.server_id, &server.admin_address)
@@ -219,7 +206,7 @@ impl Control {
                     .await;
             }
         }
-        tracing::info!(snapshot = s.id, volume = v.id, parent = parent_id, destination = %s.destination, "snapshot point taken");
+        tracing::info!(snapshot = s.id, volume = v.id, parent = parent_id, destinations = ?s.destinations, layout = %s.layout, "snapshot point taken");
         Ok(s)
     }
 
@@ -288,6 +275,12 @@ impl Control {
                 v.id, s.id
             )));
         }
+        if !s.copying.is_empty() {
+            return Err(ControlError::Precondition(format!(
+                "snapshot {} is being copied to {:?}; delete it once the copy is done",
+                s.id, s.copying
+            )));
+        }
         if s.state != SnapshotState::Deleting {
             s.state = SnapshotState::Deleting;
             self.save_snapshot(&s)?;
@@ -302,22 +295,32 @@ impl Control {
     /// manifest names.
     pub(crate) async fn finish_delete_snapshot(&self, s: SnapshotRecord) -> Result<()> {
         basalt_failpoint::hit_async("snapshot.delete.after_mark").await;
-        let dest = self.open_destination(&s.destination)?;
-        dest.delete_manifest(s.id).await.map_err(|e| {
-            ControlError::Unavailable(format!("destination {}: {e}", s.destination))
-        })?;
+        let dests = s.all_dests();
+        for name in &dests {
+            let dest = self.open_destination(name)?;
+            dest.delete_manifest(s.id)
+                .await
+                .map_err(|e| ControlError::Unavailable(format!("destination {name}: {e}")))?;
+        }
         basalt_failpoint::hit_async("snapshot.delete.after_manifest").await;
-        // The record goes and the sweep is owed in one transaction: a crash
-        // during the sweep leaves it owed, and the poll loop runs it.
-        self.store.apply(vec![
-            Op::Delete(Table::Snapshots, s.key()),
-            Op::Put(Table::Sweeps, s.destination.clone(), b"1".to_vec()),
-        ])?;
+        // The record goes and the sweeps are owed in one transaction: a
+        // crash during a sweep leaves it owed, and the poll loop runs it.
+        self.forget_put_blocks(s.id)?;
+        let mut ops = vec![Op::Delete(Table::Snapshots, s.key())];
+        ops.extend(
+            dests
+                .iter()
+                .map(|d| Op::Put(Table::Sweeps, d.clone(), b"1".to_vec())),
+        );
+        self.store.apply(ops)?;
         tracing::info!(
             snapshot = s.id,
-            "snapshot deleted; sweeping its destination"
+            "snapshot deleted; sweeping its destinations"
         );
-        self.sweep(&s.destination).await
+        for d in &dests {
+            self.sweep(d).await?;
+        }
+        Ok(())
     }
 
     /// Deletes the destination's chunks that no manifest names, unless an
@@ -325,11 +328,11 @@ impl Control {
     /// table, and the poll loop runs it once no upload is).
     pub(crate) async fn sweep(&self, destination: &str) -> Result<()> {
         let _gc = self.gc_lock(destination).lock_owned().await;
-        if self
-            .snapshots()?
-            .iter()
-            .any(|s| s.destination == destination && s.state == SnapshotState::Creating)
-        {
+        if self.snapshots()?.iter().any(|s| {
+            (matches!(s.state, SnapshotState::Creating | SnapshotState::Open)
+                && s.dests().iter().any(|d| d == destination))
+                || s.copying.iter().any(|d| d == destination)
+        }) {
             tracing::info!(destination, "sweep deferred: an upload is in progress");
             return Ok(());
         }
@@ -350,7 +353,7 @@ impl Control {
         Ok(())
     }
 
-    fn gc_lock(&self, destination: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn gc_lock(&self, destination: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
         self.gc_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -365,8 +368,19 @@ impl Control {
         let Some(src) = v.source.as_ref().filter(|s| !s.hydrated) else {
             return Ok(None);
         };
+        let snap: SnapshotRecord = get_json(
+            &*self.store,
+            Table::Snapshots,
+            &snapshot_key(src.snapshot_id),
+        )?
+        .ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "snapshot {} that volume {} loads from is gone",
+                src.snapshot_id, v.id
+            ))
+        })?;
         Ok(Some(spb::HydrationSource {
-            destination: Some(destination_pb(self.destination(&src.destination)?)),
+            destinations: Some(self.snapshot_set_pb(&snap)?),
             snapshot_id: src.snapshot_id,
             snapshot_size_bytes: src.snapshot_size,
             rate_bytes_per_sec: self.config.hydration_rate,
@@ -384,7 +398,7 @@ impl Control {
             .snapshots()?
             .iter()
             .filter(|s| s.volume_id == v.id && s.state == SnapshotState::Complete)
-            .filter(|s| self.destination(&s.destination).is_ok())
+            .filter(|s| self.snapshot_set_pb(s).is_ok())
             .map(|s| s.id)
             .max()
             .unwrap_or(0))
@@ -396,7 +410,7 @@ impl Control {
         let s: SnapshotRecord = get_json(&*self.store, Table::Snapshots, &snapshot_key(id))?
             .ok_or_else(|| ControlError::NotFound(format!("seed snapshot {id} is gone")))?;
         Ok(spb::HydrationSource {
-            destination: Some(destination_pb(self.destination(&s.destination)?)),
+            destinations: Some(self.snapshot_set_pb(&s)?),
             snapshot_id: s.id,
             snapshot_size_bytes: s.size_bytes,
             rate_bytes_per_sec: 0,
@@ -545,6 +559,9 @@ impl Control {
                 if c.server_id == v.primary() {
                     status = Some(h);
                 }
+            } else if c.server_id == v.primary() {
+                // Its final figures (what the last poll may have missed).
+                status = info.hydrated;
             }
         }
         let _op = self.ops.lock().await;
@@ -556,19 +573,37 @@ impl Control {
             return Ok(());
         };
         let before = src.clone();
-        if hydrated && cur.copies == v.copies {
+        let done = hydrated && cur.copies == v.copies;
+        if let Some(h) = status {
+            src.blocks_total = h.blocks_total;
+            src.blocks_present = h.blocks_present;
+            src.bytes_fetched = h.bytes_fetched;
+            src.error = h.error;
+            src.fallbacks = h.fallbacks;
+            src.hedges = h.hedges;
+            src.reads = h
+                .sources
+                .into_iter()
+                .map(|m| DestinationReadsRecord {
+                    destination: m.name,
+                    latency_micros: m.latency_micros,
+                    reads: m.gets_ok,
+                    errors: m.errors,
+                    corrupt: m.corrupt,
+                    repaired: m.repaired,
+                    served: m.served,
+                })
+                .collect();
+        }
+        if done {
             src.hydrated = true;
             src.blocks_present = src.blocks_total;
+            src.error.clear();
             tracing::info!(
                 volume = v.id,
                 snapshot = src.snapshot_id,
                 "volume hydrated on every copy"
             );
-        } else if let Some(h) = status {
-            src.blocks_total = h.blocks_total;
-            src.blocks_present = h.blocks_present;
-            src.bytes_fetched = h.bytes_fetched;
-            src.error = h.error;
         }
         if *src != before {
             self.save(&cur)?;
@@ -605,10 +640,16 @@ pub fn snapshot_pb(s: &SnapshotRecord) -> pb::Snapshot {
             SnapshotState::Complete => "COMPLETE",
             SnapshotState::Failed => "FAILED",
             SnapshotState::Deleting => "DELETING",
+            SnapshotState::Open => "OPEN",
         }
         .into(),
         failure: s.failure.clone(),
         destination: s.destination.clone(),
+        destinations: s.dests(),
+        layout: s.layout().to_owned(),
+        scheduled: s.scheduled,
+        copies: s.copies.clone(),
+        copying: s.copying.clone(),
         parent_id: s.parent_id,
         size_bytes: s.size_bytes,
         created_at: s.created_at,

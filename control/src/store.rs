@@ -24,6 +24,11 @@ pub enum Table {
     Snapshots,
     /// Destinations owed a sweep (a delete finished, the sweep did not).
     Sweeps,
+    /// Named snapshot destinations.
+    Destinations,
+    /// Blocks put into OPEN direct snapshots: `<snapshot:020>/<block:020>`
+    /// to the block's chunk id (32 bytes).
+    SnapshotBlocks,
 }
 
 impl Table {
@@ -35,6 +40,8 @@ impl Table {
             Table::Counters => "counters",
             Table::Snapshots => "snapshots",
             Table::Sweeps => "sweeps",
+            Table::Destinations => "destinations",
+            Table::SnapshotBlocks => "snapshot_blocks",
         })
     }
 }
@@ -66,6 +73,11 @@ pub struct RedbStore {
 impl RedbStore {
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         let db = redb::Database::create(path).map_err(be)?;
+        // It holds destination credentials: owner-only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(be)?;
+        }
         let tx = db.begin_write().map_err(be)?;
         for t in [
             Table::Volumes,
@@ -74,6 +86,8 @@ impl RedbStore {
             Table::Counters,
             Table::Snapshots,
             Table::Sweeps,
+            Table::Destinations,
+            Table::SnapshotBlocks,
         ] {
             tx.open_table(t.def()).map_err(be)?;
         }

@@ -141,6 +141,10 @@ impl Control {
             _ => None,
         };
         check_size(r.size_bytes)?;
+        let backup = match r.backup_policy.as_ref() {
+            Some(p) if !p.destinations.is_empty() => Some(self.check_policy(&tenant, p)?),
+            _ => None,
+        };
         let copies = if r.copies == 0 { 2 } else { r.copies };
         if copies > MAX_COPIES {
             return Err(ControlError::Invalid(format!(
@@ -181,6 +185,8 @@ impl Control {
             dropped: vec![],
             attach_gen: 0,
             source,
+            backup,
+            schedule: None,
         };
         self.save(&v)?;
         tracing::info!(volume = v.id, name = %v.name, size = v.size_bytes, copies = ?v.copies, "creating volume");

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::copy::Copy;
 use crate::error_map::grpc_status;
 use crate::meta::{PeerMeta, Role};
+use crate::snap::dests::SetSpec;
 use crate::snap::hydrate::Source;
 use crate::snap::SnapError;
 use crate::store::{Layout, Store};
@@ -92,51 +93,56 @@ fn info(c: &Copy) -> pb::CopyInfo {
             .delta_resync_bytes
             .load(std::sync::atomic::Ordering::Relaxed),
         tracking: c.dirty.tracking(),
-        hydration: c.hydration().map(|h| pb::HydrationStatus {
-            snapshot_id: h.source.snapshot_id,
-            blocks_total: h.presence.total(),
-            blocks_present: h.presence.present(),
-            bytes_fetched: h.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
-            complete: false,
-            error: h.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        hydration: c.hydration().map(|h| hydration_pb(&h)),
+        hydrated: c.finished_hydration().map(|h| pb::HydrationStatus {
+            complete: true,
+            blocks_present: h.presence.total(),
+            ..hydration_pb(&h)
         }),
         snapshots: c.snap.jobs().iter().map(|j| j.to_pb()).collect(),
     }
 }
 
 fn source_from_pb(s: pb::HydrationSource) -> Result<Source, Status> {
-    let d = s
-        .destination
-        .ok_or_else(|| Status::invalid_argument("source.destination is required"))?;
     if s.snapshot_id == 0 {
         return Err(Status::invalid_argument("source.snapshot_id is required"));
     }
-    Ok(Source {
-        snapshot_id: s.snapshot_id,
-        snapshot_size: s.snapshot_size_bytes,
-        rate_bytes_per_sec: s.rate_bytes_per_sec,
-        name: d.name,
-        url: d.url,
-        endpoint: d.endpoint,
-        region: d.region,
-        allow_http: d.allow_http,
-        access_key_id: d.access_key_id,
-        secret_access_key: d.secret_access_key,
-        seed: s.seed,
-    })
+    let set = SetSpec::from_pb(s.destinations)
+        .map_err(|e| Status::invalid_argument(format!("source: {e}")))?;
+    Ok(Source::new(
+        s.snapshot_id,
+        s.snapshot_size_bytes,
+        s.rate_bytes_per_sec,
+        set,
+        s.seed,
+    ))
 }
 
-fn spec_from_pb(d: Option<pb::Destination>) -> Result<basalt_snapshot::DestinationSpec, Status> {
-    let d = d.ok_or_else(|| Status::invalid_argument("destination is required"))?;
-    Ok(basalt_snapshot::DestinationSpec {
-        name: d.name,
-        url: d.url,
-        endpoint: d.endpoint,
-        region: d.region,
-        allow_http: d.allow_http,
-        access_key_id: d.access_key_id,
-        secret_access_key: d.secret_access_key,
-    })
+fn hydration_pb(h: &crate::snap::hydrate::Hydration) -> pb::HydrationStatus {
+    let stats = h.stats().unwrap_or_default();
+    pb::HydrationStatus {
+        snapshot_id: h.source.snapshot_id,
+        blocks_total: h.presence.total(),
+        blocks_present: h.presence.present(),
+        bytes_fetched: h.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
+        complete: false,
+        error: h.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        sources: stats
+            .members
+            .iter()
+            .map(|m| pb::DestinationStats {
+                name: m.name.clone(),
+                latency_micros: m.latency_ewma_micros,
+                gets_ok: m.gets_ok,
+                errors: m.errors,
+                corrupt: m.corrupt,
+                repaired: m.repaired,
+                served: m.served,
+            })
+            .collect(),
+        fallbacks: stats.fallbacks,
+        hedges: stats.hedges,
+    }
 }
 
 fn snap_status(e: SnapError) -> Status {
@@ -270,6 +276,36 @@ impl StorageAdmin for AdminService {
         }))
     }
 
+    async fn read_block(
+        &self,
+        r: Request<pb::ReadBlockRequest>,
+    ) -> Result<Response<pb::ReadBlockResponse>, Status> {
+        let r = r.into_inner();
+        let c = self
+            .store
+            .get(r.volume_id)
+            .ok_or_else(|| snap_status(SnapError::NotFound(r.volume_id)))?;
+        let data = crate::snap::blocks::read(&c, r.offset, r.length as usize)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::ReadBlockResponse { data }))
+    }
+
+    async fn write_block(
+        &self,
+        r: Request<pb::WriteBlockRequest>,
+    ) -> Result<Response<pb::WriteBlockResponse>, Status> {
+        let r = r.into_inner();
+        let c = self
+            .store
+            .get(r.volume_id)
+            .ok_or_else(|| snap_status(SnapError::NotFound(r.volume_id)))?;
+        crate::snap::blocks::write(&c, r.epoch, r.offset, r.data)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::WriteBlockResponse {}))
+    }
+
     async fn snapshot_point(
         &self,
         r: Request<pb::SnapshotPointRequest>,
@@ -278,7 +314,7 @@ impl StorageAdmin for AdminService {
         if r.snapshot_id == 0 {
             return Err(Status::invalid_argument("snapshot_id is required"));
         }
-        let destination = spec_from_pb(r.destination)?;
+        let destinations = SetSpec::from_pb(r.destinations).map_err(Status::invalid_argument)?;
         let c = self
             .store
             .get(r.volume_id)
@@ -289,7 +325,7 @@ impl StorageAdmin for AdminService {
                 snapshot_id: r.snapshot_id,
                 epoch: r.epoch,
                 parent_id: r.parent_id,
-                destination,
+                destinations,
                 rate_bytes_per_sec: r.rate_bytes_per_sec,
             },
         )

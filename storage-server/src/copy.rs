@@ -91,6 +91,8 @@ pub struct Copy {
     pub snap: crate::snap::SnapState,
     /// Set while the copy loads the snapshot it was created from.
     hydration: RwLock<Option<Arc<Hydration>>>,
+    /// The hydration that completed (in memory only): its last figures.
+    finished_hydration: RwLock<Option<Arc<Hydration>>>,
     /// The server is shutting down and saved the change maps: no mutation
     /// is applied any more (it would be missing from them).
     closed: AtomicBool,
@@ -172,6 +174,7 @@ impl Copy {
             layout_changed: tokio::sync::watch::channel(0).0,
             snap: Default::default(),
             hydration: RwLock::new(None),
+            finished_hydration: RwLock::new(None),
             closed: AtomicBool::new(false),
         }
     }
@@ -222,6 +225,14 @@ impl Copy {
     /// The hydration of a copy created from a snapshot, until it completes.
     pub fn hydration(&self) -> Option<Arc<Hydration>> {
         self.hydration
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The hydration that completed since this server started, if any.
+    pub fn finished_hydration(&self) -> Option<Arc<Hydration>> {
+        self.finished_hydration
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -545,7 +556,10 @@ impl Copy {
             let mut slot = self.hydration.write().unwrap_or_else(|e| e.into_inner());
             if slot.is_some() {
                 Hydration::remove_files(&self.dir)?;
-                *slot = None;
+                *self
+                    .finished_hydration
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = slot.take();
                 tracing::info!(
                     volume = self.volume_id,
                     "every block of the source snapshot is local: hydration done"

@@ -64,6 +64,22 @@ reports_only! {
     describe_snapshot(pb::DescribeSnapshotRequest) -> pb::Snapshot;
     list_snapshots(pb::ListSnapshotsRequest) -> pb::ListSnapshotsResponse;
     delete_snapshot(pb::DeleteSnapshotRequest) -> pb::DeleteSnapshotResponse;
+    add_destination(pb::AddDestinationRequest) -> pb::Destination;
+    list_destinations(pb::ListDestinationsRequest) -> pb::ListDestinationsResponse;
+    describe_destination(pb::DestinationRef) -> pb::Destination;
+    remove_destination(pb::DestinationRef) -> pb::RemoveDestinationResponse;
+    set_backup_policy(pb::SetBackupPolicyRequest) -> pb::Volume;
+    set_schedule(pb::SetScheduleRequest) -> pb::Volume;
+    copy_snapshot(pb::CopySnapshotRequest) -> pb::Snapshot;
+    remove_snapshot_copy(pb::RemoveSnapshotCopyRequest) -> pb::Snapshot;
+    start_snapshot(pb::StartSnapshotRequest) -> pb::Snapshot;
+    put_snapshot_block(pb::PutSnapshotBlockRequest) -> pb::PutSnapshotBlockResponse;
+    complete_snapshot(pb::CompleteSnapshotRequest) -> pb::Snapshot;
+    list_snapshot_blocks(pb::ListSnapshotBlocksRequest) -> pb::ListSnapshotBlocksResponse;
+    list_changed_blocks(pb::ListChangedBlocksRequest) -> pb::ListChangedBlocksResponse;
+    get_snapshot_block(pb::GetSnapshotBlockRequest) -> pb::GetSnapshotBlockResponse;
+    write_volume_block(pb::WriteVolumeBlockRequest) -> pb::WriteVolumeBlockResponse;
+    read_volume_block(pb::ReadVolumeBlockRequest) -> pb::ReadVolumeBlockResponse;
 }
 
 /// Serves `handler` on `listener` until the runtime stops.

@@ -232,8 +232,9 @@ impl Store {
                     s.snapshot_size
                 )));
             }
-            basalt_snapshot::Destination::open(&s.spec())
-                .map_err(|e| StoreError::Invalid(format!("source destination: {e}")))?;
+            s.set
+                .open()
+                .map_err(|e| StoreError::Invalid(format!("source destinations: {e}")))?;
         }
         if size_bytes == 0 || !size_bytes.is_multiple_of(4096) || size_bytes > MAX_VOLUME_BYTES {
             return Err(StoreError::Invalid(format!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use basalt_proto::wire::{Opcode, PeerRole, Status};
 use basalt_snapshot::{Destination, DestinationSpec, BLOCK_SIZE};
+use basalt_storage::snap::dests::SetSpec;
 use basalt_storage::snap::job::JobState;
 use basalt_storage::snap::PointRequest;
 use basalt_storage::testing::LocalServer;
@@ -41,7 +42,7 @@ fn a_write_to_a_hole_during_the_walk_is_in_the_snapshot() {
                     snapshot_id: 1,
                     epoch: 1,
                     parent_id: 0,
-                    destination: dest,
+                    destinations: SetSpec::single(&dest),
                     rate_bytes_per_sec: 0,
                 },
             )

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use basalt_proto::wire::{Opcode, PeerRole, Status};
 use basalt_snapshot::{Destination, DestinationSpec, BLOCK_SIZE};
 use basalt_storage::meta::{PeerMeta, Role};
+use basalt_storage::snap::dests::SetSpec;
 use basalt_storage::snap::hydrate::Source;
 use basalt_storage::snap::job::JobState;
 use basalt_storage::snap::PointRequest;
@@ -42,19 +43,7 @@ fn block(tag: u8, index: usize) -> Vec<u8> {
 
 /// A copy's source: snapshot `id` of `dest`, `SIZE` bytes, loaded at `rate`.
 fn source(dest: &DestinationSpec, id: u64, rate: u64) -> Source {
-    Source {
-        snapshot_id: id,
-        snapshot_size: SIZE,
-        rate_bytes_per_sec: rate,
-        name: dest.name.clone(),
-        url: dest.url.clone(),
-        endpoint: String::new(),
-        region: String::new(),
-        allow_http: false,
-        access_key_id: String::new(),
-        secret_access_key: String::new(),
-        seed: false,
-    }
+    Source::new(id, SIZE, rate, SetSpec::single(dest), false)
 }
 
 fn point(s: &LocalServer, dest: &DestinationSpec, id: u64, parent: u64) {
@@ -66,7 +55,7 @@ fn point(s: &LocalServer, dest: &DestinationSpec, id: u64, parent: u64) {
             snapshot_id: id,
             epoch: copy.epoch(),
             parent_id: parent,
-            destination: dest.clone(),
+            destinations: SetSpec::single(dest),
             rate_bytes_per_sec: 0,
         },
     )

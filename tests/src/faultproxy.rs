@@ -23,6 +23,8 @@ struct Shared {
     socks: Mutex<Vec<TcpStream>>,
     /// Bytes dropped while cut.
     dropped: AtomicU64,
+    /// Added before every forwarded read (a slow path), milliseconds.
+    delay_ms: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -45,6 +47,7 @@ impl FaultProxy {
             stop: AtomicBool::new(false),
             socks: Mutex::default(),
             dropped: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -70,6 +73,14 @@ impl FaultProxy {
             let _ = s.shutdown(Shutdown::Both);
         }
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Delays every forwarded read by `d` in both directions (a slow but
+    /// working path); zero restores full speed.
+    pub fn set_delay(&self, d: Duration) {
+        self.shared
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn is_cut(&self) -> bool {
@@ -143,6 +154,10 @@ fn pump(mut from: TcpStream, mut to: Option<TcpStream>, s: Arc<Shared>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let delay = s.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 && to.is_some() {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         match to.as_mut() {
             Some(t) if !s.cut.load(Ordering::SeqCst) => {
                 if t.write_all(&buf[..n]).is_err() {
@@ -225,5 +240,23 @@ mod tests {
         let mut c3 = TcpStream::connect(p.addr()).unwrap();
         c3.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(roundtrip(&mut c3, "back\n").unwrap(), "back\n");
+    }
+
+    #[test]
+    fn delays_every_read() {
+        let p = FaultProxy::start(echo_server()).unwrap();
+        let mut c = TcpStream::connect(p.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        p.set_delay(Duration::from_millis(150));
+        let t = std::time::Instant::now();
+        assert_eq!(roundtrip(&mut c, "slow\n").unwrap(), "slow\n");
+        // Delayed on the way there and on the way back.
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        p.set_delay(Duration::ZERO);
+        assert_eq!(roundtrip(&mut c, "fast\n").unwrap(), "fast\n");
     }
 }

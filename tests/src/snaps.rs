@@ -95,3 +95,39 @@ pub fn restore(c: &ManagedCluster, snap: &str, vol: &str, len: usize) -> Vec<u8>
     let mut b = attach(c, vol);
     read_all(&mut b, len)
 }
+
+/// The test's own client of directory destination `name` under `root`.
+pub fn dir_dest(root: &Path, name: &str) -> basalt_snapshot::Destination {
+    basalt_snapshot::Destination::open(&basalt_snapshot::DestinationSpec {
+        name: name.into(),
+        url: format!("file://{}", root.join(name).display()),
+        ..Default::default()
+    })
+    .expect("open the test's own client of a destination")
+}
+
+/// Every chunk stored in `d`.
+pub fn chunks(
+    c: &ManagedCluster,
+    d: &basalt_snapshot::Destination,
+) -> std::collections::BTreeSet<basalt_snapshot::ChunkId> {
+    c.rt.block_on(d.list_chunks())
+        .expect("list chunks")
+        .into_iter()
+        .collect()
+}
+
+/// Ids of every manifest stored in `d`.
+pub fn manifests(c: &ManagedCluster, d: &basalt_snapshot::Destination) -> Vec<u64> {
+    c.rt.block_on(d.list_manifests()).expect("list manifests")
+}
+
+/// Runs the CLI and checks it fails with an error mentioning `why`.
+pub fn refused(c: &ManagedCluster, args: &[&str], why: &str) {
+    let (ok, out, err) = c.cli(args).expect("run basalt");
+    assert!(!ok, "basalt {args:?} should be refused: {out}");
+    assert!(
+        err.contains(why),
+        "basalt {args:?}: the error should mention {why:?}: {err}"
+    );
+}

@@ -211,7 +211,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         tenant: String::new(),
         size_bytes: size,
         copies,
-        from_snapshot: None,
+        ..Default::default()
     };
     let good = rt
         .block_on(api.create_volume(create("ok", 64 << 20, 0)))

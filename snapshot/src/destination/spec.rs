@@ -10,8 +10,10 @@ use super::DestinationError;
 pub const FLAG_SYNTAX: &str =
     "NAME=URL[,endpoint=URL][,region=R][,allow-http][,credentials-file=PATH]";
 
-/// How to reach one snapshot destination.
-#[derive(Clone, PartialEq, Eq, Default)]
+/// How to reach one snapshot destination. Serialized (by a storage server
+/// keeping a copy's source) with its credentials: keep such files
+/// owner-only.
+#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DestinationSpec {
     pub name: String,
     /// `file:///abs/dir`, `s3://bucket` or `s3://bucket/prefix`.

@@ -21,11 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use basalt_proto::wire::{Flags, Header, Opcode};
-use basalt_snapshot::{Destination, DestinationSpec, Manifest};
+use basalt_snapshot::set::DestinationSet;
+use basalt_snapshot::Manifest;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, OnceCell};
 
 use super::bits::{covered, touched, BLOCK};
+use super::dests::SetSpec;
 use super::presence::{Presence, PRESENCE_FILE};
 use crate::copy::Copy;
 
@@ -38,13 +40,25 @@ pub struct Source {
     pub snapshot_id: u64,
     pub snapshot_size: u64,
     pub rate_bytes_per_sec: u64,
-    pub name: String,
-    pub url: String,
-    pub endpoint: String,
-    pub region: String,
-    pub allow_http: bool,
-    pub access_key_id: String,
-    pub secret_access_key: String,
+    /// The destinations holding the snapshot.
+    #[serde(default)]
+    pub set: SetSpec,
+    /// A source written before sources had several destinations: its one
+    /// destination (read, never written).
+    #[serde(default, skip_serializing)]
+    name: String,
+    #[serde(default, skip_serializing)]
+    url: String,
+    #[serde(default, skip_serializing)]
+    endpoint: String,
+    #[serde(default, skip_serializing)]
+    region: String,
+    #[serde(default, skip_serializing)]
+    allow_http: bool,
+    #[serde(default, skip_serializing)]
+    access_key_id: String,
+    #[serde(default, skip_serializing)]
+    secret_access_key: String,
     /// Seeding a new mirror before it joins a layout: loaded by itself,
     /// though not a primary (see `HydrationSource.seed`).
     #[serde(default)]
@@ -55,22 +69,55 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source")
             .field("snapshot_id", &self.snapshot_id)
-            .field("destination", &self.name)
+            .field("destinations", &self.set)
             .finish_non_exhaustive()
     }
 }
 
 impl Source {
-    pub fn spec(&self) -> DestinationSpec {
-        DestinationSpec {
-            name: self.name.clone(),
-            url: self.url.clone(),
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            allow_http: self.allow_http,
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.clone(),
+    pub fn new(
+        snapshot_id: u64,
+        snapshot_size: u64,
+        rate_bytes_per_sec: u64,
+        set: SetSpec,
+        seed: bool,
+    ) -> Source {
+        Source {
+            snapshot_id,
+            snapshot_size,
+            rate_bytes_per_sec,
+            set,
+            name: String::new(),
+            url: String::new(),
+            endpoint: String::new(),
+            region: String::new(),
+            allow_http: false,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            seed,
         }
+    }
+
+    /// The snapshot's destinations (a source of the older, one-destination
+    /// form is upgraded when read).
+    fn upgrade(mut self) -> Source {
+        if self.set.members.is_empty() && !self.url.is_empty() {
+            self.set = SetSpec {
+                members: vec![basalt_snapshot::DestinationSpec {
+                    name: std::mem::take(&mut self.name),
+                    url: std::mem::take(&mut self.url),
+                    endpoint: std::mem::take(&mut self.endpoint),
+                    region: std::mem::take(&mut self.region),
+                    allow_http: self.allow_http,
+                    access_key_id: std::mem::take(&mut self.access_key_id),
+                    secret_access_key: std::mem::take(&mut self.secret_access_key),
+                }],
+                layout: "single".into(),
+                stripe_blocks: 0,
+                copies: Vec::new(),
+            };
+        }
+        self
     }
 
     fn store(&self, dir: &Path) -> std::io::Result<()> {
@@ -97,7 +144,7 @@ type Waiters = Vec<oneshot::Sender<Result<(), String>>>;
 pub struct Hydration {
     pub source: Source,
     pub presence: Presence,
-    dest: OnceCell<Arc<Destination>>,
+    set: OnceCell<Arc<DestinationSet>>,
     manifest: OnceCell<Arc<Manifest>>,
     /// Blocks being fetched, and who waits for each.
     inflight: Mutex<HashMap<u64, Waiters>>,
@@ -127,6 +174,7 @@ impl Hydration {
                 format!("{}: {e}", dir.join(SOURCE_FILE).display()),
             )
         })?;
+        let source = source.upgrade();
         let presence = Presence::open(dir, source.snapshot_size.div_ceil(BLOCK))?;
         Ok(Some(Hydration::new(source, presence)))
     }
@@ -135,7 +183,7 @@ impl Hydration {
         Hydration {
             source,
             presence,
-            dest: OnceCell::new(),
+            set: OnceCell::new(),
             manifest: OnceCell::new(),
             inflight: Mutex::default(),
             bytes_fetched: AtomicU64::new(0),
@@ -175,22 +223,29 @@ impl Hydration {
         }
     }
 
-    async fn destination(&self) -> Result<Arc<Destination>, String> {
-        self.dest
+    async fn destinations(&self) -> Result<Arc<DestinationSet>, String> {
+        self.set
             .get_or_try_init(|| async {
-                Destination::open(&self.source.spec())
+                self.source
+                    .set
+                    .open()
                     .map(Arc::new)
-                    .map_err(|e| format!("opening destination {}: {e}", self.source.name))
+                    .map_err(|e| format!("opening destinations {:?}: {e}", self.source.set))
             })
             .await
             .cloned()
     }
 
+    /// How each destination served so far (none before the first read).
+    pub fn stats(&self) -> Option<basalt_snapshot::set::SetStats> {
+        self.set.get().map(|s| s.stats())
+    }
+
     async fn manifest(&self) -> Result<Arc<Manifest>, String> {
-        let dest = self.destination().await?;
+        let set = self.destinations().await?;
         self.manifest
             .get_or_try_init(|| async {
-                dest.get_manifest(self.source.snapshot_id)
+                set.get_manifest(self.source.snapshot_id)
                     .await
                     .map(Arc::new)
                     .map_err(|e| {
@@ -263,11 +318,11 @@ async fn fetch_and_install(copy: &Arc<Copy>, h: &Arc<Hydration>, b: u64) -> Resu
     let data = match manifest.blocks.get(&b) {
         None => None,
         Some(id) => {
-            let dest = h.destination().await?;
+            let set = h.destinations().await?;
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match dest.get_chunk(id, len).await {
+                match set.get_chunk(b, id, len).await {
                     Ok(d) => break Some(d),
                     Err(e) if attempt >= 3 => {
                         return Err(format!("fetching block {b} (chunk {id}): {e}"))
@@ -305,7 +360,7 @@ async fn fetch_and_install(copy: &Arc<Copy>, h: &Arc<Hydration>, b: u64) -> Resu
 /// link that is not up would be missed silently, no guest waiting for its
 /// acknowledgement. A link that goes down later is reported by the link's
 /// watcher, and the mirror leaves the in-sync set and is filled again.
-async fn mirrors_ready(copy: &Copy) -> Result<(), String> {
+pub(crate) async fn mirrors_ready(copy: &Copy) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut changes = copy.layout_changes();
     loop {

@@ -3,7 +3,9 @@
 //! upload itself (see `docs/snapshots.md`).
 
 pub mod bits;
+pub mod blocks;
 pub mod changes;
+pub mod dests;
 pub mod freeze;
 pub mod hydrate;
 pub mod job;
@@ -14,8 +16,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use basalt_snapshot::{Destination, DestinationSpec};
 
 use crate::copy::Copy;
 use bits::{blocks_of, Bits, BLOCK};
@@ -111,7 +111,7 @@ pub struct PointRequest {
     pub snapshot_id: u64,
     pub epoch: u64,
     pub parent_id: u64,
-    pub destination: DestinationSpec,
+    pub destinations: dests::SetSpec,
     /// Volume bytes read per second (0 = unlimited).
     pub rate_bytes_per_sec: u64,
 }
@@ -119,8 +119,7 @@ pub struct PointRequest {
 /// Takes the snapshot point of `copy` and starts its upload in the
 /// background. Must run inside a tokio runtime.
 pub fn point(copy: &Arc<Copy>, req: PointRequest) -> Result<Arc<SnapJob>, SnapError> {
-    let dest =
-        Destination::open(&req.destination).map_err(|e| SnapError::Destination(e.to_string()))?;
+    let set = req.destinations.open().map_err(SnapError::Destination)?;
     if copy.hydration().is_some() {
         return Err(SnapError::Hydrating);
     }
@@ -225,7 +224,7 @@ pub fn point(copy: &Arc<Copy>, req: PointRequest) -> Result<Arc<SnapJob>, SnapEr
         copy: copy.clone(),
         job: job.clone(),
         freeze,
-        dest: Arc::new(dest),
+        set: Arc::new(set),
         parent_id: req.parent_id,
         candidates,
         rate: req.rate_bytes_per_sec,

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use basalt_snapshot::{ChunkId, Destination, Manifest};
+use basalt_snapshot::set::DestinationSet;
+use basalt_snapshot::{ChunkId, Manifest};
 use tokio::task::JoinSet;
 
 use super::freeze::Freeze;
@@ -25,17 +26,18 @@ pub struct Upload {
     pub copy: Arc<Copy>,
     pub job: Arc<SnapJob>,
     pub freeze: Arc<Freeze>,
-    pub dest: Arc<Destination>,
+    pub set: Arc<DestinationSet>,
     pub parent_id: u64,
     pub candidates: Vec<u64>,
     /// Volume bytes read per second (0 = unlimited).
     pub rate: u64,
 }
 
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, String>
+async fn retry<T, E, F, Fut>(what: &str, mut f: F) -> Result<T, String>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, basalt_snapshot::DestinationError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=ATTEMPTS {
@@ -75,7 +77,7 @@ impl Upload {
     }
 
     async fn upload(&self) -> Result<(), String> {
-        let dest = self.dest.clone();
+        let dest = self.set.clone();
         let parent = if self.parent_id == 0 {
             None
         } else {
@@ -167,7 +169,7 @@ async fn block(
     copy: Arc<Copy>,
     freeze: Arc<Freeze>,
     job: Arc<SnapJob>,
-    dest: Arc<Destination>,
+    dest: Arc<DestinationSet>,
     b: u64,
     known: Option<ChunkId>,
 ) -> Result<(u64, Option<ChunkId>), String> {
@@ -194,13 +196,13 @@ async fn block(
             Some(id)
         }
         Some((id, Some(stored))) => {
-            if retry("checking a chunk", || dest.has_chunk(&id)).await? {
+            let put = retry("storing a chunk", || dest.put_chunk(b, &id, &stored)).await?;
+            if put.reused {
                 job.chunks_reused.fetch_add(1, Ordering::Relaxed);
             } else {
-                let len = stored.len() as u64;
-                retry("storing a chunk", || dest.put_chunk(&id, stored.clone())).await?;
                 job.chunks_new.fetch_add(1, Ordering::Relaxed);
-                job.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+                job.bytes_uploaded
+                    .fetch_add(put.new_bytes, Ordering::Relaxed);
             }
             Some(id)
         }
