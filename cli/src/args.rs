@@ -263,7 +263,7 @@ pub enum SnapshotCmd {
         wait: bool,
     },
     /// Remove a snapshot from one destination, while enough complete copies
-    /// remain elsewhere.
+    /// remain elsewhere; or cancel a copy being made to it.
     RemoveCopy {
         /// The snapshot (id or name).
         snapshot: String,

@@ -75,6 +75,7 @@ pub fn snapshot_json(s: &pb::Snapshot) -> Value {
         "layout": s.layout,
         "copies": s.copies,
         "copying": s.copying,
+        "copy_error": s.copy_error,
         "scheduled": s.scheduled,
         "parent_id": s.parent_id,
         "size_bytes": s.size_bytes,
@@ -299,9 +300,14 @@ pub fn snapshot_detail(s: &pb::Snapshot) -> String {
                 (true, true) => "-".into(),
                 _ if s.copying.is_empty() => s.copies.join(", "),
                 _ => format!(
-                    "{} (copying to {})",
+                    "{} (copying to {}{})",
                     s.copies.join(", "),
-                    s.copying.join(", ")
+                    s.copying.join(", "),
+                    if s.copy_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", s.copy_error)
+                    }
                 ),
             },
         ),

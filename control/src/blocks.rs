@@ -169,6 +169,7 @@ impl Control {
             scheduled: false,
             copies: Vec::new(),
             copying: Vec::new(),
+            copy_error: String::new(),
         };
         self.save_snapshot(&s)?;
         tracing::info!(snapshot = s.id, name = %s.name, size = s.size_bytes, parent = s.parent_id, "direct snapshot started");

@@ -64,6 +64,7 @@ impl Control {
                 tokio::spawn(async move {
                     if let Err(e) = me.run_copy(key.0, &key.1).await {
                         tracing::warn!(snapshot = key.0, destination = %key.1, "snapshot copy failed, retrying in 5 s: {e}");
+                        me.note_copy_error(key.0, &key.1, &e).await;
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                     me.copy_jobs
@@ -131,10 +132,20 @@ impl Control {
         else {
             return Ok(());
         };
+        if !cur.copying.iter().any(|d| d == target) {
+            // Cancelled meanwhile: take back the manifest just stored, so a
+            // sweep frees the chunks.
+            drop(_op);
+            to.delete_manifest(id)
+                .await
+                .map_err(|e| unavailable("removing a cancelled copy's manifest", e.to_string()))?;
+            return self.sweep(target).await;
+        }
         cur.copying.retain(|d| d != target);
         if !cur.copies.iter().any(|d| d == target) {
             cur.copies.push(target.to_owned());
         }
+        cur.copy_error.clear();
         self.save_snapshot(&cur)?;
         tracing::info!(
             snapshot = id,
@@ -145,12 +156,34 @@ impl Control {
         Ok(())
     }
 
+    /// Shows a copy's last failure in the snapshot (it is retried).
+    async fn note_copy_error(&self, id: u64, target: &str, e: &ControlError) {
+        let _op = self.ops.lock().await;
+        let Ok(Some(mut s)) =
+            get_json::<SnapshotRecord>(&*self.store, Table::Snapshots, &snapshot_key(id))
+        else {
+            return;
+        };
+        let msg = format!("copy to {target}: {e} (retrying)");
+        if s.copying.iter().any(|d| d == target) && s.copy_error != msg {
+            s.copy_error = msg;
+            let _ = self.save_snapshot(&s);
+        }
+    }
+
     pub async fn remove_snapshot_copy(
         &self,
         r: pb::RemoveSnapshotCopyRequest,
     ) -> Result<SnapshotRecord> {
         let op = self.ops.lock().await;
         let mut s = self.find_snapshot(&r.snapshot.unwrap_or_default())?;
+        if s.copying.contains(&r.destination) {
+            // Cancels the copy: what it stored there is swept.
+            s.copying.retain(|d| *d != r.destination);
+            s.copy_error.clear();
+            tracing::info!(snapshot = s.id, destination = %r.destination, "snapshot copy cancelled");
+            return self.drop_from(s, &[r.destination], op).await;
+        }
         if s.state != SnapshotState::Complete || !s.copying.is_empty() {
             return Err(ControlError::Precondition(format!(
                 "snapshot {} is {:?}{}: remove a copy once it is COMPLETE and no copy is being made",

@@ -323,6 +323,9 @@ pub struct SnapshotRecord {
     /// Destinations a copy is being made to (resumed after a restart).
     #[serde(default)]
     pub copying: Vec<String>,
+    /// The last failure of a copy being made (it is retried).
+    #[serde(default)]
+    pub copy_error: String,
 }
 
 impl SnapshotRecord {

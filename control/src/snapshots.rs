@@ -153,6 +153,7 @@ impl Control {
             scheduled,
             copies: Vec::new(),
             copying: Vec::new(),
+            copy_error: String::new(),
         };
         self.save_snapshot(&s)?;
         basalt_failpoint::hit("snapshot.after_persist");
@@ -650,6 +651,7 @@ pub fn snapshot_pb(s: &SnapshotRecord) -> pb::Snapshot {
         scheduled: s.scheduled,
         copies: s.copies.clone(),
         copying: s.copying.clone(),
+        copy_error: s.copy_error.clone(),
         parent_id: s.parent_id,
         size_bytes: s.size_bytes,
         created_at: s.created_at,

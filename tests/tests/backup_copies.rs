@@ -182,6 +182,45 @@ fn copies_removals_and_archive() {
         "stripe",
     );
 
+    // A copy to a destination that fails shows why, and is cancelled by
+    // removing that destination's copy.
+    let broken = dests.join("broken");
+    ok(
+        &c,
+        &[
+            "destination",
+            "add",
+            "broken",
+            "--type",
+            "dir",
+            "--path",
+            broken.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(broken.join("chunks"), b"not a directory").unwrap();
+    ok(&c, &["snapshot", "copy", "v.s1", "--destination", "broken"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let s = ok(&c, &["snapshot", "show", "v.s1"]);
+        if s["copy_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("broken"))
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no copy error shown: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(s["copying"], serde_json::json!(["broken"]), "{s}");
+    refused(&c, &["snapshot", "delete", "v.s1"], "being copied");
+    let s = ok(
+        &c,
+        &["snapshot", "remove-copy", "v.s1", "--destination", "broken"],
+    );
+    assert_eq!(s["copying"], serde_json::json!([]), "cancelled: {s}");
+    assert_eq!(s["copy_error"], "", "{s}");
+    ok(&c, &["destination", "remove", "broken"]);
+
     // Archive: every snapshot of v older than 1 s moves to cold.
     ok(
         &c,
