@@ -263,10 +263,10 @@ pub fn snapshot_row(s: &pb::Snapshot) -> Vec<String> {
     vec![
         s.id.to_string(),
         s.name.clone(),
-        if s.volume_name.is_empty() {
-            s.volume_id.to_string()
-        } else {
-            s.volume_name.clone()
+        match (s.volume_id, s.volume_name.is_empty()) {
+            (0, _) => "-".into(),
+            (id, true) => id.to_string(),
+            _ => s.volume_name.clone(),
         },
         s.state.clone(),
         snapshot_percent(s)
@@ -286,7 +286,14 @@ pub fn snapshot_detail(s: &pb::Snapshot) -> String {
     let mut out = table(&SNAPSHOT_HEADERS, &[snapshot_row(s)]);
     let mut f: Vec<(&str, String)> = vec![
         ("tenant", s.tenant.clone()),
-        ("volume", format!("{} (id {})", s.volume_name, s.volume_id)),
+        (
+            "volume",
+            if s.volume_id == 0 {
+                "none (made from blocks: StartSnapshot, snapshot import)".into()
+            } else {
+                format!("{} (id {})", s.volume_name, s.volume_id)
+            },
+        ),
         (
             "destination",
             match s.layout.as_str() {

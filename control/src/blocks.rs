@@ -214,6 +214,7 @@ impl Control {
         // Completed or deleted meanwhile?
         self.open_snapshot(s.id)?;
         let mut new = false;
+        let mut new_bytes = 0u64;
         if let Some(stored) = stored {
             let set = self.open_set(&s)?;
             let out = set
@@ -223,11 +224,15 @@ impl Control {
                     ControlError::Unavailable(format!("storing block {}: {e}", r.block_index))
                 })?;
             new = !out.reused;
+            new_bytes = out.new_bytes;
         }
+        // The block's SHA-256, then the bytes it newly stored.
+        let mut entry = id.0.to_vec();
+        entry.extend_from_slice(&new_bytes.to_le_bytes());
         self.store.apply(vec![Op::Put(
             Table::SnapshotBlocks,
             block_key(s.id, r.block_index),
-            id.0.to_vec(),
+            entry,
         )])?;
         Ok(pb::PutSnapshotBlockResponse {
             sha256: id.0.to_vec(),
@@ -236,21 +241,31 @@ impl Control {
     }
 
     /// The blocks put into open snapshot `id`: index to SHA-256.
-    fn put_blocks(&self, id: u64) -> Result<BTreeMap<u64, [u8; 32]>> {
+    /// The blocks put into open snapshot `id` (index to SHA-256), and the
+    /// bytes they newly stored.
+    fn put_blocks(&self, id: u64) -> Result<(BTreeMap<u64, [u8; 32]>, u64)> {
         let prefix = format!("{id:020}/");
         let mut out = BTreeMap::new();
+        let mut stored = 0;
         for (k, v) in self.store.list(Table::SnapshotBlocks)? {
             let Some(b) = k.strip_prefix(&prefix) else {
                 continue;
             };
-            let (Ok(b), Ok(sha)) = (b.parse::<u64>(), <[u8; 32]>::try_from(v.as_slice())) else {
-                return Err(ControlError::Unavailable(format!(
+            let damaged = || {
+                ControlError::Unavailable(format!(
                     "the control store holds a damaged block entry {k:?}"
-                )));
+                ))
+            };
+            let b = b.parse::<u64>().map_err(|_| damaged())?;
+            let sha = v.get(..32).and_then(|s| <[u8; 32]>::try_from(s).ok());
+            let new = v.get(32..40).and_then(|s| <[u8; 8]>::try_from(s).ok());
+            let (Some(sha), Some(new)) = (sha, new) else {
+                return Err(damaged());
             };
             out.insert(b, sha);
+            stored += u64::from_le_bytes(new);
         }
-        Ok(out)
+        Ok((out, stored))
     }
 
     pub async fn complete_direct_snapshot(
@@ -260,7 +275,7 @@ impl Control {
         let lock = self.direct_lock(r.snapshot_id);
         let _all = lock.write().await;
         let mut s = self.open_snapshot(r.snapshot_id)?;
-        let put = self.put_blocks(s.id)?;
+        let (put, stored) = self.put_blocks(s.id)?;
         if put.len() as u64 != r.changed_blocks {
             return Err(ControlError::Invalid(format!(
                 "snapshot {} received {} distinct blocks, the request says {}; it stays OPEN",
@@ -323,6 +338,8 @@ impl Control {
         s.completed_at = now_unix();
         s.progress.blocks_total = put.len() as u64;
         s.progress.blocks_done = put.len() as u64;
+        s.progress.bytes_read = put.keys().map(|&b| block_len(s.size_bytes, b) as u64).sum();
+        s.progress.bytes_uploaded = stored;
         s.progress.data_bytes = m.data_bytes();
         let mut ops = vec![put_json(Table::Snapshots, s.key(), &s)];
         ops.extend(
@@ -342,6 +359,7 @@ impl Control {
     pub(crate) fn forget_put_blocks(&self, id: u64) -> Result<()> {
         let ops: Vec<Op> = self
             .put_blocks(id)?
+            .0
             .keys()
             .map(|b| Op::Delete(Table::SnapshotBlocks, block_key(id, *b)))
             .collect();

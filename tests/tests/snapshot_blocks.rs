@@ -86,6 +86,15 @@ fn import_export_diff_and_bad_blocks() {
         Some(nonzero as u64),
         "zero blocks are not sent"
     );
+    let shown = c.cli_json(&["snapshot", "show", "ext4img"]).unwrap();
+    let p = &shown["progress"];
+    assert_eq!(
+        p["data_bytes"].as_u64(),
+        Some((nonzero * BLOCK) as u64),
+        "{shown}"
+    );
+    assert!(p["bytes_uploaded"].as_u64().unwrap() > 0, "{shown}");
+    assert_eq!(shown["volume_id"], 0, "{shown}");
     let out = root.path().join("export.raw");
     c.cli_json(&["snapshot", "export", "ext4img", out.to_str().unwrap()])
         .expect("snapshot export");
