@@ -5,6 +5,7 @@
 
 pub mod compare;
 pub mod job;
+pub mod layoutbench;
 pub mod procstat;
 pub mod report;
 pub mod snapbench;

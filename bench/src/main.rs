@@ -4,6 +4,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use basalt_bench::compare::{self, CompareOpts};
 use basalt_bench::job::{self, parse_size, JobSpec, Limit, Rw, Watched};
+use basalt_bench::layoutbench::{self, LayoutsArgs};
 use basalt_bench::report;
 use basalt_bench::snapbench::{self, SnapOpts};
 use basalt_bench::stamp::{self, StampLog, WriteOpts};
@@ -51,6 +52,17 @@ enum Cmd {
     SnapshotsReport {
         /// snapshots.json of a `snapshots` run.
         #[arg(long, default_value = "docs/bench/snapshots.json")]
+        results: PathBuf,
+    },
+    /// Backup layouts benchmark: full snapshots to single, duplicate and
+    /// striped destination sets (tmpfs and S3), their restores, import and
+    /// export, and read latency while one of two S3 servers is slowed then
+    /// killed; write layouts.{json,md,png}.
+    Layouts(LayoutsArgs),
+    /// Rewrite layouts.md (and the chart) from a layouts.json.
+    LayoutsReport {
+        /// layouts.json of a `layouts` run.
+        #[arg(long, default_value = "docs/bench/layouts.json")]
         results: PathBuf,
     },
 }
@@ -213,6 +225,8 @@ fn main() -> Result<()> {
         Cmd::StampWrite(a) => stamp_write(a),
         Cmd::StampCheck(a) => stamp_check(a),
         Cmd::Snapshots(a) => snapshots(a),
+        Cmd::Layouts(a) => layoutbench::main_run(a),
+        Cmd::LayoutsReport { results } => layoutbench::main_report(&results),
         Cmd::SnapshotsReport { results } => {
             let r: snapbench::SnapResults = serde_json::from_slice(
                 &std::fs::read(&results).with_context(|| results.display().to_string())?,

@@ -10,11 +10,11 @@
 //! reads on a cold restored volume against the warm source, and the
 //! hydration throughput.
 
-mod cluster;
-mod io;
-mod logs;
+pub(crate) mod cluster;
+pub(crate) mod io;
+pub(crate) mod logs;
 pub mod report;
-mod steps;
+pub(crate) mod steps;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -237,7 +237,7 @@ impl Drop for Scratch {
     }
 }
 
-fn write_credentials(path: &std::path::Path) -> Result<()> {
+pub(crate) fn write_credentials(path: &std::path::Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -256,7 +256,7 @@ fn write_credentials(path: &std::path::Path) -> Result<()> {
 }
 
 /// Control polls uploads and hydrations this often (ms).
-const POLL_MS: u64 = 100;
+pub(crate) const POLL_MS: u64 = 100;
 
 pub fn run(o: &SnapOpts) -> Result<SnapResults> {
     let scratch = Scratch(PathBuf::from(format!(

@@ -134,7 +134,7 @@ pub fn setup_volume(cl: &Cluster, o: &SnapOpts, c: &mut Ctx, r: &mut DestResult)
 }
 
 /// Polls `snapshot show` until the snapshot leaves CREATING.
-fn wait_snapshot(cl: &Cluster, name: &str) -> Result<Value> {
+pub(crate) fn wait_snapshot(cl: &Cluster, name: &str) -> Result<Value> {
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
         let s = cl.cli_json(&["snapshot", "show", name])?;
