@@ -6,10 +6,11 @@
 //! `(b / stripe_blocks) % n`). Every member holds every manifest, so each
 //! destination's own garbage sweep keeps exactly the chunks its manifests name.
 //!
-//! Reads ([`DestinationSet::get_chunk`]) go to the best member holding the
-//! chunk, hedge a slow one with a second request, move on at once after an
-//! error, verify every chunk, and repair a corrupt copy with the verified data
-//! served by another member. [`DestinationSet::stats`] reports what happened.
+//! Reads ([`DestinationSet::get_chunk`], [`DestinationSet::get_manifest`])
+//! go to the best member holding the object, hedge a slow one with another
+//! request, and move on at once after an error; chunk reads also verify every
+//! chunk and repair a corrupt copy with the verified data served by another
+//! member. [`DestinationSet::stats`] reports what happened.
 
 mod error;
 mod layout;
@@ -201,29 +202,6 @@ impl DestinationSet {
         let results = join_all(self.members.iter().map(|d| d.delete_manifest(snapshot_id))).await;
         self.all_ok(results, || {
             format!("deleting the manifest of snapshot {snapshot_id}")
-        })
-    }
-
-    /// Reads a manifest from the members in score order; the first that
-    /// returns it wins. Fails naming each member's failure.
-    pub async fn get_manifest(&self, snapshot_id: u64) -> Result<Manifest, SetError> {
-        let all: Vec<usize> = (0..self.members.len()).collect();
-        let mut failures = Vec::new();
-        for i in self.board.order(&all) {
-            match self.members[i].get_manifest(snapshot_id).await {
-                Ok(m) => return Ok(m),
-                Err(error) => {
-                    if matches!(error, DestinationError::Store { .. }) {
-                        self.board.failed(i, false);
-                    }
-                    tracing::debug!(destination = self.members[i].name(), snapshot_id, %error, "manifest read failed; trying the next destination");
-                    failures.push(self.failure(i, error));
-                }
-            }
-        }
-        Err(SetError::ManifestUnavailable {
-            snapshot_id,
-            failures: Failures(failures),
         })
     }
 

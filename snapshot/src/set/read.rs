@@ -1,5 +1,7 @@
-//! Chunk reads with fallback, hedged requests and repair of corrupt copies.
+//! Reads with fallback and hedged requests: chunks (verified, corrupt copies
+//! repaired) and manifests.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -7,15 +9,34 @@ use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use super::{DestinationSet, Failures, SetError};
+use super::{DestinationSet, Failures, MemberFailure, SetError};
 use crate::chunk::{self, ChunkId};
 use crate::destination::DestinationError;
+use crate::manifest::Manifest;
 
-type Answer = (usize, Duration, Result<Vec<u8>, DestinationError>);
+/// What a race reads (for its log lines).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Chunk { id: &'a ChunkId, block: u64 },
+    Manifest { snapshot_id: u64 },
+}
 
-/// The requests of one chunk read.
-struct Race<F> {
-    pending: FuturesUnordered<F>,
+/// How a race ended.
+struct Raced<T> {
+    /// The first answer: the member, how long it took, what it returned.
+    winner: Option<(usize, Duration, T)>,
+    /// One per member whose request failed, in the order the errors came.
+    failures: Vec<MemberFailure>,
+}
+
+/// The requests of one read.
+struct Race<'o, G, R> {
+    /// The candidates best first; the first `asked` were asked.
+    order: &'o [usize],
+    asked: usize,
+    /// Starts the request to one member.
+    request: G,
+    pending: FuturesUnordered<R>,
     /// Members asked and not answered yet, with when they were asked.
     in_flight: Vec<(usize, Instant)>,
     /// When to hedge if nothing answered: the newest request plus `hedge_after`.
@@ -23,13 +44,27 @@ struct Race<F> {
     hedge_after: Duration,
 }
 
-impl<F: std::future::Future<Output = Answer>> Race<F> {
-    fn start(&mut self, member: usize, request: F) {
+impl<G: Fn(usize) -> R, R: Future> Race<'_, G, R> {
+    /// Asks the next candidate, if one is left, and returns it.
+    fn ask_next(&mut self) -> Option<usize> {
+        let &i = self.order.get(self.asked)?;
+        self.asked += 1;
         let now = Instant::now();
-        self.pending.push(request);
-        self.in_flight.push((member, now));
+        self.pending.push((self.request)(i));
+        self.in_flight.push((i, now));
         self.hedge_at = now + self.hedge_after;
+        Some(i)
     }
+}
+
+/// `request`'s answer with member `i` and how long it took from its first poll.
+async fn timed<T>(
+    i: usize,
+    request: impl Future<Output = Result<T, DestinationError>>,
+) -> (usize, Duration, Result<T, DestinationError>) {
+    let started = Instant::now();
+    let answer = request.await;
+    (i, started.elapsed(), answer)
 }
 
 impl DestinationSet {
@@ -64,70 +99,144 @@ impl DestinationSet {
         order.extend(self.board.order(&others));
         let hedge_after = self.board.hedge_deadline(&holders);
 
+        let mut corrupt = Vec::new();
+        let raced = self
+            .race(
+                Target::Chunk { id, block },
+                &order,
+                hedge_after,
+                |i| self.members[i].get_chunk(id, max_len),
+                |i, error| {
+                    let is_holder = holders.contains(&i);
+                    self.note_failure(block, id, i, is_holder, error, &mut corrupt);
+                },
+            )
+            .await;
+        let Some((i, took, data)) = raced.winner else {
+            return Err(SetError::ChunkUnavailable {
+                id: *id,
+                block,
+                failures: Failures(raced.failures),
+            });
+        };
+        self.board.served(i, took, i != order[0]);
+        self.repair(block, id, &data, &corrupt).await;
+        Ok(data)
+    }
+
+    /// Reads the manifest of snapshot `snapshot_id`, which every member holds.
+    ///
+    /// Candidates are all the members best first, asked like
+    /// [`DestinationSet::get_chunk`] asks a chunk's: the best first, the next
+    /// one too each time the newest request has not answered within the hedge
+    /// deadline (keeping the earlier requests), the next one at once after an
+    /// error. Only a store error (e.g. unreachable) counts against a member's
+    /// ranking; a missing or unreadable manifest just moves on. The first
+    /// manifest read wins and the other requests are dropped. Fails naming
+    /// each member's failure if none returned it.
+    pub async fn get_manifest(&self, snapshot_id: u64) -> Result<Manifest, SetError> {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        let order = self.board.order(&all);
+        let hedge_after = self.board.hedge_deadline(&all);
+        let raced = self
+            .race(
+                Target::Manifest { snapshot_id },
+                &order,
+                hedge_after,
+                |i| self.members[i].get_manifest(snapshot_id),
+                |i, error| {
+                    if matches!(error, DestinationError::Store { .. }) {
+                        self.board.failed(i, false);
+                    }
+                    tracing::debug!(destination = self.members[i].name(), snapshot_id, %error, "manifest read failed; trying the next destination");
+                },
+            )
+            .await;
+        let Some((i, took, manifest)) = raced.winner else {
+            return Err(SetError::ManifestUnavailable {
+                snapshot_id,
+                failures: Failures(raced.failures),
+            });
+        };
+        self.board.answered(i, took);
+        Ok(manifest)
+    }
+
+    /// Asks the members of `order` (best first) with `fetch` until one
+    /// answers: the first at once, the next one too each time the newest
+    /// request has not answered within `hedge_after` (a hedge, counted),
+    /// the next one at once after an error (passed to `on_error`). The first
+    /// answer wins; the requests still running are dropped and recorded as
+    /// outrun. The caller records the winner.
+    async fn race<T, Fut>(
+        &self,
+        target: Target<'_>,
+        order: &[usize],
+        hedge_after: Duration,
+        fetch: impl Fn(usize) -> Fut,
+        mut on_error: impl FnMut(usize, &DestinationError),
+    ) -> Raced<T>
+    where
+        Fut: Future<Output = Result<T, DestinationError>>,
+    {
         let mut race = Race {
+            order,
+            asked: 0,
+            request: |i| timed(i, fetch(i)),
             pending: FuturesUnordered::new(),
             in_flight: Vec::new(),
             hedge_at: Instant::now(),
             hedge_after,
         };
-        let mut next = 0;
         let mut failures = Vec::new();
-        let mut corrupt = Vec::new();
         let winner = loop {
-            if race.pending.is_empty() {
-                let Some(&i) = order.get(next) else {
-                    break None;
-                };
-                next += 1;
-                race.start(i, self.fetch(i, id, max_len));
+            if race.pending.is_empty() && race.ask_next().is_none() {
+                break None;
             }
             tokio::select! {
                 biased;
                 Some((i, took, answer)) = race.pending.next() => {
                     race.in_flight.retain(|&(m, _)| m != i);
                     match answer {
-                        Ok(data) => break Some((i, took, data)),
+                        Ok(value) => break Some((i, took, value)),
                         Err(error) => {
-                            let is_holder = holders.contains(&i);
-                            self.note_failure(block, id, i, is_holder, &error, &mut corrupt);
+                            on_error(i, &error);
                             failures.push(self.failure(i, error));
-                            if let Some(&i) = order.get(next) {
-                                next += 1;
-                                race.start(i, self.fetch(i, id, max_len));
-                            }
+                            race.ask_next();
                         }
                     }
                 }
-                () = tokio::time::sleep_until(race.hedge_at), if next < order.len() => {
-                    let i = order[next];
-                    next += 1;
-                    self.board.hedged(i);
-                    tracing::debug!(destination = self.members[i].name(), chunk = %id, block, "hedged chunk read: the earlier request is slow");
-                    race.start(i, self.fetch(i, id, max_len));
+                () = tokio::time::sleep_until(race.hedge_at), if race.asked < order.len() => {
+                    if let Some(i) = race.ask_next() {
+                        self.hedged(target, i);
+                    }
                 }
             }
         };
         let in_flight = std::mem::take(&mut race.in_flight);
         drop(race);
-        let Some((i, took, data)) = winner else {
-            return Err(SetError::ChunkUnavailable {
-                id: *id,
-                block,
-                failures: Failures(failures),
-            });
-        };
-        self.board.served(i, took, i != order[0]);
         for (m, started) in in_flight {
             self.board.outrun(m, started.elapsed());
         }
-        self.repair(block, id, &data, &corrupt).await;
-        Ok(data)
+        Raced { winner, failures }
     }
 
-    async fn fetch(&self, i: usize, id: &ChunkId, max_len: usize) -> Answer {
-        let started = Instant::now();
-        let answer = self.members[i].get_chunk(id, max_len).await;
-        (i, started.elapsed(), answer)
+    /// Counts and logs a hedged request to `i`.
+    fn hedged(&self, target: Target<'_>, i: usize) {
+        self.board.hedged(i);
+        let destination = self.members[i].name();
+        match target {
+            Target::Chunk { id, block } => {
+                tracing::debug!(destination, chunk = %id, block, "hedged chunk read: the earlier request is slow");
+            }
+            Target::Manifest { snapshot_id } => {
+                tracing::debug!(
+                    destination,
+                    snapshot_id,
+                    "hedged manifest read: the earlier request is slow"
+                );
+            }
+        }
     }
 
     fn note_failure(
@@ -189,3 +298,7 @@ impl DestinationSet {
 #[cfg(test)]
 #[path = "read_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "read_manifest_tests.rs"]
+mod manifest_tests;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Timers of a set's reads (see [`DestinationSet::get_chunk`](super::DestinationSet::get_chunk)).
+/// Timers of a set's reads (see [`DestinationSet::get_chunk`](super::DestinationSet::get_chunk)
+/// and [`DestinationSet::get_manifest`](super::DestinationSet::get_manifest)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SetOptions {
     /// Shortest hedge deadline (default 50 ms).
@@ -32,10 +33,10 @@ impl Default for SetOptions {
 pub struct MemberStats {
     /// The destination's name.
     pub name: String,
-    /// Moving average of its chunk read latency in microseconds; 0 before
-    /// its first successful read.
+    /// Moving average of its read latency (chunks and manifests) in
+    /// microseconds; 0 before its first successful read.
     pub latency_ewma_micros: u64,
-    /// Chunks read and verified.
+    /// Chunks read and verified, and manifests read.
     pub gets_ok: u64,
     /// Failed reads: network or store errors, and a chunk missing from a
     /// member that should hold it (not a corrupt copy, not a chunk missing
@@ -81,6 +82,12 @@ impl Score {
             None => micros,
             Some(e) => e + EWMA_WEIGHT * (micros - e),
         });
+    }
+
+    fn answered(&mut self, took: Duration) {
+        self.sample(micros(took));
+        self.consecutive_errors = 0;
+        self.stats.gets_ok += 1;
     }
 }
 
@@ -157,7 +164,7 @@ impl Board {
     }
 
     /// `max(hedge_min, 3 × the best latency average among `candidates`)`
-    /// (the members holding the chunk), capped at `hedge_max`; `hedge_min`
+    /// (the members holding what is read), capped at `hedge_max`; `hedge_min`
     /// while none has an average yet. The best, not the first: a first
     /// candidate that turned slow is hedged as soon as a fast holder would
     /// have answered.
@@ -179,13 +186,18 @@ impl Board {
     pub(super) fn served(&self, i: usize, took: Duration, fallback: bool) {
         let mut inner = self.lock();
         let s = &mut inner.members[i];
-        s.sample(micros(took));
-        s.consecutive_errors = 0;
-        s.stats.gets_ok += 1;
+        s.answered(took);
         s.stats.served += 1;
         if fallback {
             inner.fallbacks += 1;
         }
+    }
+
+    /// A read by `i` that was returned to the caller and is not a chunk (a
+    /// manifest): counts in its latency average and `gets_ok`, not in
+    /// `served` nor the set's fallbacks.
+    pub(super) fn answered(&self, i: usize, took: Duration) {
+        self.lock().members[i].answered(took);
     }
 
     /// A request to `i` still running after `took` when another member won:
