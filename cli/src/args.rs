@@ -148,6 +148,11 @@ pub enum DestinationType {
     Dir,
     /// An S3 bucket or S3-compatible server (`--bucket`).
     S3,
+    /// An Azure Blob Storage container (`--container`).
+    Azure,
+    /// A Google Cloud Storage bucket (`--bucket`; untested against the real
+    /// service, see docs/snapshots.md).
+    Gcs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,24 +167,30 @@ pub enum DestinationCmd {
         /// service: use shared storage for more than one host).
         #[arg(long, required_if_eq("kind", "dir"))]
         path: Option<PathBuf>,
-        /// s3: bucket name.
-        #[arg(long, required_if_eq("kind", "s3"))]
+        /// s3, gcs: bucket name.
+        #[arg(long, required_if_eq_any([("kind", "s3"), ("kind", "gcs")]))]
         bucket: Option<String>,
-        /// s3: key prefix inside the bucket.
+        /// azure: container name.
+        #[arg(long, required_if_eq("kind", "azure"))]
+        container: Option<String>,
+        /// s3, azure, gcs: key prefix inside the bucket or container.
         #[arg(long)]
         prefix: Option<String>,
-        /// s3: endpoint URL of an S3-compatible server.
+        /// s3, azure: endpoint URL of a compatible server (for Azure with the
+        /// account: http://127.0.0.1:10000/devstoreaccount1).
         #[arg(long)]
         endpoint: Option<String>,
         /// s3: region (default us-east-1).
         #[arg(long)]
         region: Option<String>,
-        /// s3: allow a plain-HTTP endpoint.
+        /// s3, azure, gcs: allow a plain-HTTP endpoint.
         #[arg(long)]
         allow_http: bool,
-        /// s3: file with lines `access_key_id = ...` and
-        /// `secret_access_key = ...` (never pass secrets on the command line).
-        #[arg(long, required_if_eq("kind", "s3"))]
+        /// The credentials (never pass secrets on the command line). s3:
+        /// lines `access_key_id = ...` and `secret_access_key = ...`; azure:
+        /// `account_name = ...` and `account_key = ...`; gcs: a
+        /// service-account JSON key file.
+        #[arg(long, required_if_eq_any([("kind", "s3"), ("kind", "azure"), ("kind", "gcs")]))]
         credentials_file: Option<PathBuf>,
     },
     /// List the destinations the tenant can use, with their last check.

@@ -5,6 +5,8 @@ use basalt_proto::control::control_client::ControlClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use basalt_snapshot::{DestinationSpec, StoreKind};
+
 use crate::args::{Cli, DestinationCmd, DestinationType};
 use crate::commands::{st, Printed};
 use crate::output::table;
@@ -90,13 +92,16 @@ fn printed(d: &pb::Destination, counted: bool) -> Printed {
     }
 }
 
-/// The API request of `destination add`; reads the credentials file.
+/// The API request of `destination add`; reads the credentials file and
+/// refuses options the type does not take (the control service checks
+/// again).
 pub fn add_request(cli: &Cli, cmd: &DestinationCmd) -> anyhow::Result<pb::AddDestinationRequest> {
     let DestinationCmd::Add {
         name,
         kind,
         path,
         bucket,
+        container,
         prefix,
         endpoint,
         region,
@@ -106,46 +111,76 @@ pub fn add_request(cli: &Cli, cmd: &DestinationCmd) -> anyhow::Result<pb::AddDes
     else {
         anyhow::bail!("not an add command");
     };
-    let mut r = pb::AddDestinationRequest {
-        name: name.clone(),
-        tenant: cli.tenant.clone(),
-        ..Default::default()
+    let store = match kind {
+        DestinationType::Dir => StoreKind::Dir,
+        DestinationType::S3 => StoreKind::S3,
+        DestinationType::Azure => StoreKind::Azure,
+        DestinationType::Gcs => StoreKind::Gcs,
     };
-    match kind {
-        DestinationType::Dir => {
+    let misplaced =
+        |flag: &str| anyhow::anyhow!("{flag} does not apply to --type {}", store.name());
+    if store != StoreKind::Dir && path.is_some() {
+        return Err(misplaced("--path"));
+    }
+    if store != StoreKind::Azure && container.is_some() {
+        return Err(misplaced("--container (use --bucket)"));
+    }
+    if matches!(store, StoreKind::Azure | StoreKind::Dir) && bucket.is_some() {
+        return Err(misplaced("--bucket"));
+    }
+    if store == StoreKind::Dir && (prefix.is_some() || credentials_file.is_some()) {
+        return Err(misplaced("--prefix and --credentials-file"));
+    }
+    let url = match store {
+        StoreKind::Dir => {
             let p = path
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("--path is required"))?;
             if !p.is_absolute() {
                 anyhow::bail!("--path {} must be absolute", p.display());
             }
-            if bucket.is_some() || endpoint.is_some() || credentials_file.is_some() || *allow_http {
-                anyhow::bail!(
-                    "--bucket, --endpoint, --credentials-file and --allow-http are for --type s3"
-                );
-            }
-            r.url = format!("file://{}", p.display());
+            format!("file://{}", p.display())
         }
-        DestinationType::S3 => {
-            let b = bucket
-                .as_ref()
-                .ok_or_else(|| anyhow::anyhow!("--bucket is required"))?;
-            r.url = match prefix.as_deref().map(|p| p.trim_matches('/')) {
-                Some(p) if !p.is_empty() => format!("s3://{b}/{p}"),
-                _ => format!("s3://{b}"),
+        _ => {
+            let scheme = match store {
+                StoreKind::Azure => "az",
+                StoreKind::Gcs => "gs",
+                _ => "s3",
             };
-            r.endpoint = endpoint.clone().unwrap_or_default();
-            r.region = region.clone().unwrap_or_default();
-            r.allow_http = *allow_http;
-            let f = credentials_file
-                .as_ref()
-                .ok_or_else(|| anyhow::anyhow!("--credentials-file is required"))?;
-            let (id, secret) = basalt_snapshot::read_credentials_file(f)?;
-            r.access_key_id = id;
-            r.secret_access_key = secret;
+            let b = bucket.as_ref().or(container.as_ref()).ok_or_else(|| {
+                anyhow::anyhow!("--bucket (or --container for azure) is required")
+            })?;
+            match prefix.as_deref().map(|p| p.trim_matches('/')) {
+                Some(p) if !p.is_empty() => format!("{scheme}://{b}/{p}"),
+                _ => format!("{scheme}://{b}"),
+            }
         }
-    }
-    Ok(r)
+    };
+    let (access_key_id, secret_access_key) = match credentials_file {
+        Some(f) => basalt_snapshot::read_credentials(store, f)?,
+        None => Default::default(),
+    };
+    let spec = DestinationSpec {
+        name: name.clone(),
+        url,
+        endpoint: endpoint.clone().unwrap_or_default(),
+        region: region.clone().unwrap_or_default(),
+        allow_http: *allow_http,
+        access_key_id,
+        secret_access_key,
+    };
+    spec.check_options(store)
+        .map_err(|reason| anyhow::anyhow!("{reason}"))?;
+    Ok(pb::AddDestinationRequest {
+        name: spec.name,
+        tenant: cli.tenant.clone(),
+        url: spec.url,
+        endpoint: spec.endpoint,
+        region: spec.region,
+        allow_http: spec.allow_http,
+        access_key_id: spec.access_key_id,
+        secret_access_key: spec.secret_access_key,
+    })
 }
 
 pub async fn run(
@@ -307,6 +342,95 @@ mod tests {
             ("AK", "SK")
         );
         assert!(r.allow_http);
+    }
+
+    #[test]
+    fn azure_and_gcs_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("azure");
+        std::fs::write(&creds, "account_name = acct\naccount_key = S2V5\n").unwrap();
+        let creds = creds.to_str().unwrap();
+        let azure = |extra: &[&str]| {
+            let mut args = vec!["destination", "add", "a", "--type", "azure"];
+            args.extend_from_slice(extra);
+            let c = Cli::try_parse_from(std::iter::once("basalt").chain(args))?;
+            let crate::args::Command::Destination(cmd) = &c.command else {
+                panic!("not a destination command")
+            };
+            add_request(&c, cmd)
+        };
+        let r = azure(&[
+            "--container",
+            "c",
+            "--prefix",
+            "vm",
+            "--endpoint",
+            "http://127.0.0.1:10000/acct",
+            "--allow-http",
+            "--credentials-file",
+            creds,
+        ])
+        .unwrap();
+        assert_eq!(r.url, "az://c/vm");
+        assert_eq!(
+            (r.access_key_id.as_str(), r.secret_access_key.as_str()),
+            ("acct", "S2V5")
+        );
+        // A container is required, a bucket or region refused, and S3 keys
+        // are not Azure keys.
+        assert!(azure(&["--credentials-file", creds]).is_err());
+        for extra in [
+            &[
+                "--container",
+                "c",
+                "--bucket",
+                "b",
+                "--credentials-file",
+                creds,
+            ][..],
+            &[
+                "--container",
+                "c",
+                "--region",
+                "eu",
+                "--credentials-file",
+                creds,
+            ][..],
+        ] {
+            assert!(azure(extra).is_err(), "{extra:?}");
+        }
+        let s3 = dir.path().join("s3");
+        std::fs::write(&s3, "access_key_id = AK\nsecret_access_key = SK\n").unwrap();
+        let err = azure(&[
+            "--container",
+            "c",
+            "--credentials-file",
+            s3.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("account_name"), "{err}");
+
+        let key = dir.path().join("key.json");
+        std::fs::write(&key, r#"{"client_email": "e@p", "private_key": "k"}"#).unwrap();
+        let c = cli(&[
+            "destination",
+            "add",
+            "g",
+            "--type",
+            "gcs",
+            "--bucket",
+            "b",
+            "--credentials-file",
+            key.to_str().unwrap(),
+        ]);
+        let crate::args::Command::Destination(cmd) = &c.command else {
+            panic!("not a destination command")
+        };
+        let r = add_request(&c, cmd).unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.access_key_id.as_str()),
+            ("gs://b", "e@p")
+        );
     }
 
     #[test]

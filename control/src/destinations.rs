@@ -3,7 +3,7 @@
 //! snapshot goes is in `backup_policy.rs`.
 
 use basalt_proto::control as pb;
-use basalt_snapshot::{Destination, DestinationSpec};
+use basalt_snapshot::{Destination, DestinationSpec, StoreKind, URL_FORMS};
 
 use crate::error::{ControlError, Result};
 use crate::model::*;
@@ -23,12 +23,9 @@ pub fn destination_pb(d: &DestinationRecord, snapshots: u32) -> pb::Destination 
     pb::Destination {
         name: d.name.clone(),
         tenant: d.tenant.clone(),
-        r#type: if d.url.starts_with("s3://") {
-            "s3"
-        } else {
-            "dir"
-        }
-        .into(),
+        r#type: StoreKind::of_url(&d.url)
+            .map_or("unknown", StoreKind::name)
+            .into(),
         url: d.url.clone(),
         endpoint: d.endpoint.clone(),
         region: d.region.clone(),
@@ -141,17 +138,8 @@ impl Control {
                 "destination name and tenant must be 1-63 of [A-Za-z0-9._-]".into(),
             ));
         }
-        if !(r.url.starts_with("file:///") || r.url.starts_with("s3://")) {
-            return Err(ControlError::Invalid(format!(
-                "url {:?}: use file:///absolute/dir or s3://bucket[/prefix]",
-                r.url
-            )));
-        }
-        if r.url.starts_with("file://") && (!r.endpoint.is_empty() || r.allow_http) {
-            return Err(ControlError::Invalid(
-                "endpoint and allow_http only apply to s3:// destinations".into(),
-            ));
-        }
+        let kind = StoreKind::of_url(&r.url)
+            .ok_or_else(|| ControlError::Invalid(format!("url {:?}: use {URL_FORMS}", r.url)))?;
         let spec = DestinationSpec {
             name: r.name,
             url: r.url,
@@ -161,6 +149,7 @@ impl Control {
             access_key_id: r.access_key_id,
             secret_access_key: r.secret_access_key,
         };
+        spec.check_options(kind).map_err(ControlError::Invalid)?;
         if get_json::<DestinationRecord>(&*self.store, Table::Destinations, &spec.name)?.is_some() {
             return Err(ControlError::AlreadyExists(format!(
                 "destination {:?} already exists",

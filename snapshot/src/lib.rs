@@ -25,8 +25,8 @@ pub mod testing;
 
 pub use chunk::{ChunkError, ChunkId};
 pub use destination::{
-    read_credentials_file, AccessError, Destination, DestinationError, DestinationSpec, SweepStats,
-    Usage,
+    read_credentials, read_credentials_file, AccessError, Destination, DestinationError,
+    DestinationSpec, StoreKind, SweepStats, Usage, URL_FORMS,
 };
 pub use manifest::{Manifest, ManifestError};
 pub use set::{DestinationSet, Layout, MemberStats, PutOutcome, SetError, SetOptions, SetStats};

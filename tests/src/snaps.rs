@@ -131,3 +131,32 @@ pub fn refused(c: &ManagedCluster, args: &[&str], why: &str) {
         "basalt {args:?}: the error should mention {why:?}: {err}"
     );
 }
+
+/// Writes an owner-only (0600) file `dir/name` holding `text`, as a user
+/// keeps a credentials file; returns its path.
+pub fn secret_file(dir: &Path, name: &str, text: &str) -> String {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+    f.write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p.display().to_string()
+}
+
+/// The names `basalt destination list` shows, in its order.
+pub fn destination_names(c: &ManagedCluster) -> Vec<String> {
+    let list = c
+        .cli_json(&["destination", "list"])
+        .expect("destination list");
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|d| d["name"].as_str().expect("a name").to_owned())
+        .collect()
+}

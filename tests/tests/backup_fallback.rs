@@ -7,7 +7,6 @@
 //! Needs `s3s-fs` (`scripts/setup.sh`): skipped loudly when missing, a
 //! failure when `CI` is set.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,26 +14,17 @@ use basalt_snapshot::testing::{s3_server_or_skip, ACCESS_KEY_ID, SECRET_ACCESS_K
 use basalt_snapshot::Destination;
 use basalt_tests::controlplane::ManagedCluster;
 use basalt_tests::faultproxy::FaultProxy;
-use basalt_tests::snaps::{attach, noise, snapshot, MIB};
+use basalt_tests::snaps::{attach, noise, secret_file, snapshot, MIB};
 
 const DATA: usize = 24 * MIB;
 const BLOCK: usize = 512 << 10;
 
 fn creds_file(dir: &Path, name: &str, secret: &str) -> String {
-    use std::io::Write;
-    let p = dir.join(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&p)
-        .unwrap();
-    writeln!(
-        f,
-        "access_key_id = {ACCESS_KEY_ID}\nsecret_access_key = {secret}"
+    secret_file(
+        dir,
+        name,
+        &format!("access_key_id = {ACCESS_KEY_ID}\nsecret_access_key = {secret}\n"),
     )
-    .unwrap();
-    p.display().to_string()
 }
 
 fn median(v: &mut [Duration]) -> Duration {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use basalt_snapshot::{Destination, Manifest};
 use basalt_tests::controlplane::ManagedCluster;
 use basalt_tests::snaps::{
-    attach, chunks, dir_dest, manifests, noise, read_all, refused, snapshot, MIB,
+    attach, chunks, destination_names, dir_dest, manifests, noise, read_all, refused, snapshot, MIB,
 };
 
 const DATA: usize = 12 * MIB;
@@ -94,14 +94,7 @@ fn destinations_and_layouts() {
         ],
         "already exists",
     );
-    let list = c.cli_json(&["destination", "list"]).unwrap();
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["a", "b", "c", "local"], "{list}");
+    assert_eq!(destination_names(&c), ["a", "b", "c", "local"]);
 
     let (da, db, dc) = (
         dir_dest(&dests, "a"),

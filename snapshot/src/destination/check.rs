@@ -34,11 +34,14 @@ fn explain(e: &object_store::Error) -> String {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
             "the credentials are wrong or lack permission for this bucket and prefix"
         }
-        E::NotFound { .. } => "the bucket (or directory) does not exist",
+        E::NotFound { .. } => "the bucket, container or directory does not exist",
         _ if text.contains("NoSuchBucket") => "the bucket does not exist",
+        _ if text.contains("ContainerNotFound") => "the container does not exist",
         _ if text.contains("InvalidAccessKeyId")
             || text.contains("SignatureDoesNotMatch")
-            || text.contains("AccessDenied") =>
+            || text.contains("AccessDenied")
+            || text.contains("AuthenticationFailed")
+            || text.contains("AuthorizationFailure") =>
         {
             "the credentials are wrong or lack permission for this bucket and prefix"
         }
@@ -146,7 +149,7 @@ mod tests {
             path: "b/probe/1".into(),
             source,
         };
-        assert!(explain(&e).starts_with("the bucket (or directory) does not exist"));
+        assert!(explain(&e).starts_with("the bucket, container or directory does not exist"));
         let e = object_store::Error::Generic {
             store: "S3",
             source: "Client error with status 404 Not Found: <Code>NoSuchBucket</Code>".into(),

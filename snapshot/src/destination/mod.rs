@@ -1,5 +1,6 @@
-//! Snapshot destinations: a local directory or an S3 bucket, through the
-//! `object_store` crate.
+//! Snapshot destinations: a local directory, an S3 bucket, an Azure Blob
+//! container or a Google Cloud Storage bucket, through the `object_store`
+//! crate.
 //!
 //! Object key layout (`<prefix>/` is absent when the destination has no prefix):
 //!
@@ -9,6 +10,7 @@
 //! ```
 
 mod check;
+mod credentials;
 mod keys;
 mod open;
 mod spec;
@@ -25,7 +27,8 @@ use crate::chunk::{self, ChunkError, ChunkId};
 use crate::manifest::{Manifest, ManifestError};
 
 pub use check::{AccessError, Usage};
-pub use spec::{read_credentials_file, DestinationSpec, FLAG_SYNTAX};
+pub use credentials::{read_credentials, read_credentials_file, StoreKind, URL_FORMS};
+pub use spec::{DestinationSpec, FLAG_SYNTAX};
 pub use sweep::SweepStats;
 
 /// Errors of this module.
@@ -33,10 +36,7 @@ pub use sweep::SweepStats;
 pub enum DestinationError {
     #[error("bad snapshot destination flag at {part:?}: {reason}; the syntax is {FLAG_SYNTAX}")]
     BadFlag { part: String, reason: String },
-    #[error(
-        "bad credentials file {path}: {reason}; it needs lines \
-         `access_key_id = ...` and `secret_access_key = ...`"
-    )]
+    #[error("bad credentials file {path}: {reason}")]
     CredentialsFile { path: String, reason: String },
     #[error("cannot open snapshot destination {name:?}: {reason}")]
     Open { name: String, reason: String },

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
+use super::credentials::{read_credentials, StoreKind, URL_FORMS};
 use super::DestinationError;
 
 /// Flag syntax, repeated in error messages.
@@ -16,15 +17,22 @@ pub const FLAG_SYNTAX: &str =
 #[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DestinationSpec {
     pub name: String,
-    /// `file:///abs/dir`, `s3://bucket` or `s3://bucket/prefix`.
+    /// `file:///abs/dir`, `s3://bucket[/prefix]`, `az://container[/prefix]`
+    /// or `gs://bucket[/prefix]`.
     pub url: String,
-    /// S3 endpoint URL, e.g. `http://127.0.0.1:9000` ("" = AWS default).
+    /// S3 or Azure endpoint URL, e.g. `http://127.0.0.1:9000` ("" = the
+    /// cloud's default; for Azure include the account:
+    /// `http://127.0.0.1:10000/devstoreaccount1`).
     pub endpoint: String,
     /// S3 region ("" = `us-east-1`).
     pub region: String,
     /// Allow plain-HTTP endpoints.
     pub allow_http: bool,
+    /// S3 access key id; Azure storage account name; GCS service-account
+    /// email.
     pub access_key_id: String,
+    /// S3 secret key; Azure account key; GCS the whole service-account JSON
+    /// key.
     pub secret_access_key: String,
 }
 
@@ -74,9 +82,9 @@ impl DestinationSpec {
                 "the name must be non-empty and use only letters, digits, '-', '_' and '.'",
             ));
         }
-        if !(url.starts_with("file://") || url.starts_with("s3://")) {
-            return Err(bad_flag(url, "the URL must start with file:// or s3://"));
-        }
+        let Some(kind) = StoreKind::of_url(url) else {
+            return Err(bad_flag(url, format!("the URL must be {URL_FORMS}")));
+        };
         let mut spec = DestinationSpec {
             name: name.to_owned(),
             url: url.to_owned(),
@@ -97,7 +105,7 @@ impl DestinationSpec {
                 ("region", Some(v)) if !v.is_empty() => spec.region = v.to_owned(),
                 ("allow-http", None) => spec.allow_http = true,
                 ("credentials-file", Some(v)) if !v.is_empty() => {
-                    let (id, secret) = read_credentials_file(Path::new(v))?;
+                    let (id, secret) = read_credentials(kind, Path::new(v))?;
                     spec.access_key_id = id;
                     spec.secret_access_key = secret;
                 }
@@ -114,60 +122,46 @@ impl DestinationSpec {
                 }
             }
         }
-        if spec.url.starts_with("file://") && (!spec.endpoint.is_empty() || spec.allow_http) {
-            return Err(bad_flag(
-                &spec.url,
-                "endpoint and allow-http only apply to s3:// destinations",
-            ));
-        }
+        spec.check_options(kind)
+            .map_err(|reason| bad_flag(&spec.url, reason))?;
         Ok(spec)
     }
-}
 
-/// Reads `access_key_id = ...` / `secret_access_key = ...` lines. Errors give
-/// line numbers only, never line contents (they may hold the secret).
-pub fn read_credentials_file(path: &Path) -> Result<(String, String), DestinationError> {
-    let bad = |reason: String| DestinationError::CredentialsFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let mut id = None;
-    let mut secret = None;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let lineno = n + 1;
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(bad(format!(
-                "line {lineno} is not `key = value` (contents not shown)"
-            )));
-        };
-        let value = value.trim().to_owned();
-        let slot = match key.trim() {
-            "access_key_id" => &mut id,
-            "secret_access_key" => &mut secret,
-            _ => {
-                return Err(bad(format!(
-                    "line {lineno}: unknown key (contents not shown); \
-                     expected access_key_id or secret_access_key"
-                )))
-            }
-        };
-        if value.is_empty() {
-            return Err(bad(format!("line {lineno}: empty value")));
-        }
-        if slot.replace(value).is_some() {
-            return Err(bad(format!("line {lineno}: key given twice")));
-        }
+    /// The kind of store the URL names.
+    pub fn kind(&self) -> Option<StoreKind> {
+        StoreKind::of_url(&self.url)
     }
-    match (id, secret) {
-        (Some(id), Some(secret)) => Ok((id, secret)),
-        _ => Err(bad(
-            "it must set both access_key_id and secret_access_key".to_owned()
-        )),
+
+    /// Refuses options the kind of store does not take, and a cloud store
+    /// without credentials (ambient credentials are never used: they would
+    /// make the control service and the storage servers probe cloud metadata
+    /// services, slow to fail and surprising).
+    pub fn check_options(&self, kind: StoreKind) -> Result<(), String> {
+        if kind == StoreKind::Dir {
+            if !self.endpoint.is_empty() || self.allow_http || !self.region.is_empty() {
+                return Err("endpoint, region and allow-http do not apply to a directory".into());
+            }
+            if !self.access_key_id.is_empty() || !self.secret_access_key.is_empty() {
+                return Err("a directory takes no credentials".into());
+            }
+            return Ok(());
+        }
+        if !kind.takes_endpoint() && !self.endpoint.is_empty() {
+            return Err(format!(
+                "a {} destination takes no endpoint (set gcs_base_url in its key file)",
+                kind.name()
+            ));
+        }
+        if kind != StoreKind::S3 && !self.region.is_empty() {
+            return Err(format!("a {} destination takes no region", kind.name()));
+        }
+        if self.access_key_id.is_empty() || self.secret_access_key.is_empty() {
+            return Err(format!(
+                "no credentials: add credentials-file=PATH, a file holding {}",
+                kind.credentials_help()
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -105,3 +105,90 @@ fn bad_credentials_files_never_leak_the_secret() {
         .expect_err("missing file");
     assert!(err.to_string().contains("/nonexistent/creds"), "{err}");
 }
+
+#[test]
+fn azure_and_gcs_flags_read_their_own_credentials() {
+    let f = creds_file(&format!(
+        "account_name = devstoreaccount1\naccount_key = {SECRET}\n"
+    ));
+    let flag = format!(
+        "blob=az://backups/vm, endpoint=http://127.0.0.1:10000/devstoreaccount1, allow-http, credentials-file={}",
+        f.path().display()
+    );
+    let spec = DestinationSpec::parse_flag(&flag).expect("azure");
+    assert_eq!(spec.kind(), Some(StoreKind::Azure));
+    assert_eq!(spec.access_key_id, "devstoreaccount1");
+    assert_eq!(spec.secret_access_key, SECRET);
+    // S3 keys are not Azure keys: the message says which are.
+    let s3 = creds_file(&format!(
+        "access_key_id = AK\nsecret_access_key = {SECRET}\n"
+    ));
+    let err = DestinationSpec::parse_flag(&format!(
+        "blob=az://c,credentials-file={}",
+        s3.path().display()
+    ))
+    .expect_err("s3 keys for azure");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("account_name") && !msg.contains(SECRET),
+        "{msg}"
+    );
+
+    let key = format!(
+        r#"{{"type": "service_account", "client_email": "basalt@p.iam.gserviceaccount.com", "private_key": "{SECRET}"}}"#
+    );
+    let k = creds_file(&key);
+    let spec = DestinationSpec::parse_flag(&format!(
+        "gcs=gs://bucket/p,credentials-file={}",
+        k.path().display()
+    ))
+    .expect("gcs");
+    assert_eq!(spec.kind(), Some(StoreKind::Gcs));
+    assert_eq!(spec.access_key_id, "basalt@p.iam.gserviceaccount.com");
+    assert_eq!(spec.secret_access_key, key);
+    for text in [
+        format!("not json {SECRET}"),
+        format!(r#"{{"private_key": "{SECRET}"}}"#),
+        r#"{"client_email": "a@b"}"#.to_owned(),
+    ] {
+        let k = creds_file(&text);
+        let err = DestinationSpec::parse_flag(&format!(
+            "gcs=gs://bucket,credentials-file={}",
+            k.path().display()
+        ))
+        .expect_err(&text);
+        let msg = err.to_string();
+        assert!(
+            matches!(err, DestinationError::CredentialsFile { .. }) && !msg.contains(SECRET),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn options_a_store_does_not_take_are_refused() {
+    let az = creds_file(&format!("account_name = a\naccount_key = {SECRET}\n"));
+    let key = creds_file(r#"{"client_email": "a@b", "private_key": "k"}"#);
+    for (flag, words) in [
+        (
+            format!(
+                "g=gs://b,endpoint=http://x,credentials-file={}",
+                key.path().display()
+            ),
+            "gcs_base_url",
+        ),
+        (
+            format!(
+                "a=az://c,region=eu,credentials-file={}",
+                az.path().display()
+            ),
+            "no region",
+        ),
+        ("a=az://c".to_owned(), "account_name"),
+        ("s=s3://b".to_owned(), "access_key_id"),
+        ("d=file:///d,region=eu".to_owned(), "directory"),
+    ] {
+        let err = DestinationSpec::parse_flag(&flag).expect_err(&flag);
+        assert!(err.to_string().contains(words), "{flag}: {err}");
+    }
+}

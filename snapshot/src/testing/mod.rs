@@ -1,5 +1,6 @@
-//! Test helpers (not part of the stable API): a real S3 server, `s3s-fs`,
-//! started on a free loopback port with a temporary root directory.
+//! Test helpers (not part of the stable API): real object-store servers
+//! started on a free loopback port with a temporary root directory: the S3
+//! server `s3s-fs` here, the Azure Blob emulator Azurite in [`azurite`].
 //!
 //! ```no_run
 //! # async fn t() {
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::destination::DestinationSpec;
 
+pub mod azurite;
+
 /// Environment variable naming the `s3s-fs` binary.
 pub const S3S_FS_ENV: &str = "BASALT_S3S_FS";
 /// Access key the test server accepts.
@@ -30,15 +33,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum TestServerError {
-    #[error("s3s-fs not found ({0}): run scripts/setup.sh (it installs s3s-fs)")]
-    NotInstalled(String),
-    #[error("cannot start s3s-fs {binary}: {reason}; see its log at {log}")]
+    #[error("{server} not found ({detail}): run scripts/setup.sh (it installs {server})")]
+    NotInstalled {
+        server: &'static str,
+        detail: String,
+    },
+    #[error("cannot start {binary}: {reason}; see its log at {log}")]
     Start {
         binary: String,
         reason: String,
         log: String,
     },
-    #[error("test S3 server setup failed: {0}; check that /tmp is writable")]
+    #[error("test server setup failed: {0}; check that /tmp is writable")]
     Io(#[from] std::io::Error),
 }
 
@@ -57,32 +63,99 @@ pub struct S3Server {
 /// Where the `s3s-fs` binary is: `$BASALT_S3S_FS`, else
 /// `<workspace>/target/tools/bin/s3s-fs`, else `s3s-fs` on PATH.
 pub fn find_s3s_fs() -> Result<PathBuf, TestServerError> {
-    if let Some(p) = std::env::var_os(S3S_FS_ENV).filter(|p| !p.is_empty()) {
+    find_tool("s3s-fs", S3S_FS_ENV, "bin/s3s-fs")
+}
+
+/// `$env`, else `<workspace>/target/tools/<under_tools>`, else the file
+/// name of `under_tools` on PATH.
+fn find_tool(
+    server: &'static str,
+    env: &str,
+    under_tools: &str,
+) -> Result<PathBuf, TestServerError> {
+    let missing = |detail: String| TestServerError::NotInstalled { server, detail };
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(TestServerError::NotInstalled(format!(
-                "${S3S_FS_ENV} is {}, which is not a file",
+            Err(missing(format!(
+                "${env} is {}, which is not a file",
                 p.display()
             )))
         };
     }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/s3s-fs");
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/tools")
+        .join(under_tools);
     if tools.is_file() {
         return Ok(tools);
     }
+    let file = Path::new(under_tools).file_name().unwrap_or_default();
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|d| d.join("s3s-fs"))
+            .map(|d| d.join(file))
             .find(|p| p.is_file())
     });
     on_path.ok_or_else(|| {
-        TestServerError::NotInstalled(format!(
-            "${S3S_FS_ENV} unset, not at {}, not on PATH",
+        missing(format!(
+            "${env} unset, not at {}, not on PATH",
             tools.display()
         ))
     })
+}
+
+/// A free loopback port from the kernel; the tiny window before the server
+/// binds it is acceptable for tests.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until `child` accepts connections on `addr`: `Err` with the reason
+/// (after killing it) if it exits first or is not listening in time.
+fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        let failure = match child.try_wait() {
+            Ok(Some(status)) => Some(format!("exited early with {status}")),
+            Err(e) => Some(e.to_string()),
+            Ok(None) if Instant::now() > deadline => {
+                Some(format!("not listening on {addr} after {START_TIMEOUT:?}"))
+            }
+            Ok(None) => None,
+        };
+        if let Some(reason) = failure {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(reason);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `start` for test `test`, or returns `None` after printing a loud
+/// skip message when its server is not installed.
+///
+/// # Panics
+/// When the server is missing and `CI` is set (CI must run every test), or
+/// when an installed server fails to start.
+fn server_or_skip<T>(test: &str, start: impl FnOnce() -> Result<T, TestServerError>) -> Option<T> {
+    match start() {
+        Ok(s) => Some(s),
+        Err(e @ TestServerError::NotInstalled { .. }) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: {e} (CI is set, so these tests may not be skipped)");
+            }
+            eprintln!("\n!!!!!!!! SKIPPING {test}: {e} !!!!!!!!\n");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
 }
 
 impl S3Server {
@@ -95,11 +168,7 @@ impl S3Server {
         std::fs::create_dir(root.join(DEFAULT_BUCKET))?;
         let log_path = dir.path().join("s3s-fs.log");
         let log = std::fs::File::create(&log_path)?;
-        // Take a free port from the kernel; the tiny window before s3s-fs binds
-        // it is acceptable for tests.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let start_err = |reason: String| TestServerError::Start {
             binary: binary.display().to_string(),
             reason,
@@ -121,26 +190,7 @@ impl S3Server {
             .spawn()
             .map_err(|e| start_err(e.to_string()))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            let failure = match child.try_wait() {
-                Ok(Some(status)) => Some(format!("exited early with {status}")),
-                Err(e) => Some(e.to_string()),
-                Ok(None) if Instant::now() > deadline => {
-                    Some(format!("not listening on {addr} after {START_TIMEOUT:?}"))
-                }
-                Ok(None) => None,
-            };
-            if let Some(reason) = failure {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(start_err(reason));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(&mut child, addr).map_err(start_err)?;
         Ok(S3Server {
             endpoint: format!("http://{addr}"),
             bucket: DEFAULT_BUCKET.to_owned(),
@@ -189,15 +239,5 @@ impl Drop for S3Server {
 /// When the server is missing and `CI` is set (CI must run every test), or
 /// when an installed server fails to start.
 pub fn s3_server_or_skip(test: &str) -> Option<S3Server> {
-    match S3Server::start() {
-        Ok(s) => Some(s),
-        Err(e @ TestServerError::NotInstalled(_)) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: {e} (CI is set, so S3 tests may not be skipped)");
-            }
-            eprintln!("\n!!!!!!!! SKIPPING {test}: {e} !!!!!!!!\n");
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
+    server_or_skip(test, S3Server::start)
 }
