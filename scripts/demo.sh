@@ -10,7 +10,10 @@ cargo build --release --workspace --bins --locked
 BIN="$PWD/target/release"
 STATE="$(mktemp -d /tmp/basalt-demo.XXXXXX)"
 BASE_PORT="${BASALT_DEMO_PORT:-7400}"
-export BASALT_CONTROL="http://127.0.0.1:$BASE_PORT"
+# Every API is mutual TLS; the CLI verifies the control service with the
+# cluster CA and presents the admin token `basalt up` bootstrapped.
+export BASALT_CONTROL="https://127.0.0.1:$BASE_PORT"
+export BASALT_CA_FILE="$STATE/control/tls/ca.crt" BASALT_TOKEN_FILE="$STATE/control/admin.token"
 
 "$BIN/basalt" up --state-dir "$STATE" --base-port "$BASE_PORT" > "$STATE/up.log" 2>&1 &
 UP=$!

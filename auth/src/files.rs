@@ -125,7 +125,7 @@ impl Credentials {
 
     /// Loads `ca.crt`, `tls.crt` and `tls.key` from `dir`.
     pub fn load(dir: &Path) -> Result<Credentials, FilesError> {
-        const HINT: &str = "; a storage server or node manager gets it by joining with a token (--join-token-file), the control service by `basalt-control init`";
+        const HINT: &str = "; a storage server or node manager gets it by joining with a token (--join-token-file), the control service by `basalt-control --bootstrap`";
         let ca = read(&dir.join(CA_CERT), HINT)?;
         let cert = read(&dir.join(CERT), HINT)?;
         let key = read_secret(&dir.join(KEY), HINT)?;

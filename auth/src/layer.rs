@@ -101,7 +101,7 @@ impl AuthLayer {
             })?;
             if self.authority.as_ref().is_some_and(|a| a.revoked(&p)) {
                 return Err(Status::unauthenticated(format!(
-                    "the certificate of {p} was revoked; join again with a new token"
+                    "{p} was revoked; a replacement joins under a new id"
                 )));
             }
             return Ok(Some(p));
@@ -141,7 +141,8 @@ impl AuthLayer {
                 "{p} may not call {path}"
             ))),
             (Access::Roles(_), None) => Err(Status::unauthenticated(
-                "no credentials: present the cluster certificate or an API token (basalt --token-file)",
+                "no credentials: present a certificate of the cluster CA, or an API token where \
+                 the API takes one (basalt --token-file)",
             )),
         }
     }

@@ -19,6 +19,13 @@ pub struct Cli {
         default_value = "http://127.0.0.1:7400"
     )]
     pub control: String,
+    /// The cluster CA certificate, to verify the control service (its
+    /// `tls/ca.crt`).
+    #[arg(long, global = true, env = "BASALT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A file holding the API token (owner-only); or set BASALT_TOKEN.
+    #[arg(long, global = true, env = "BASALT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -57,6 +64,59 @@ pub enum Command {
     Node(NodeCmd),
     /// Start a local cluster: control service, storage servers and a node manager.
     Up(UpArgs),
+    /// One-time tokens with which storage servers and node managers join.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(JoinTokenCmd),
+    /// Identities of storage servers and node managers.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MachineRole {
+    Storage,
+    Node,
+}
+
+impl MachineRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            MachineRole::Storage => "storage",
+            MachineRole::Node => "node",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCmd {
+    /// Create a one-time token for a storage server or node manager id: it
+    /// starts with `--join-token-file FILE --ca-file ca.crt` and gets its
+    /// certificate.
+    Create {
+        #[arg(long, value_enum)]
+        role: MachineRole,
+        /// The server id or node id (a DNS label).
+        #[arg(long)]
+        id: String,
+        /// How long the token can be used, seconds (at most 7 days).
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Write the token to this file (owner-only) instead of printing it.
+        #[arg(long)]
+        output_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCmd {
+    /// Refuse a storage server or node manager from now on (its certificate
+    /// and its id: it cannot join again under that id).
+    Revoke {
+        #[arg(long, value_enum)]
+        role: MachineRole,
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

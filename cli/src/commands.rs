@@ -1,28 +1,12 @@
 //! Volume, server and node commands: one gRPC call each (`--wait` polls).
 
 use basalt_proto::control as pb;
-use basalt_proto::control::control_client::ControlClient;
 use serde_json::Value;
-use tonic::transport::Channel;
 
-use crate::args::{Cli, Command, NodeCmd, Output, ServerCmd, VolumeCmd};
+use crate::args::{Cli, Command, IdentityCmd, JoinTokenCmd, NodeCmd, Output, ServerCmd, VolumeCmd};
 use crate::output::*;
 use crate::size::{format_size, parse_size};
 use crate::snapshot::{sref, wait_hydration};
-
-pub async fn connect(endpoint: &str) -> anyhow::Result<ControlClient<Channel>> {
-    let ep = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "invalid control endpoint {endpoint:?}: expected e.g. http://127.0.0.1:7400"
-            )
-        })?
-        .connect_timeout(std::time::Duration::from_secs(3));
-    ep.connect()
-        .await
-        .map(ControlClient::new)
-        .map_err(|_| anyhow::anyhow!("cannot reach the control service at {endpoint}: is it running? (set --control or BASALT_CONTROL)"))
-}
 
 /// The id of a volume or snapshot reference that is all digits; any other
 /// reference is a name.
@@ -67,7 +51,7 @@ pub fn st(e: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Printed> {
-    let mut c = connect(&cli.control).await?;
+    let mut c = crate::auth::connect(cli).await?;
     Ok(match &cli.command {
         Command::Volume(VolumeCmd::Create {
             name,
@@ -272,6 +256,54 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Printed> {
             }
         }
         Command::Up(_) => anyhow::bail!("`up` is not a control-service call"),
+        Command::JoinToken(JoinTokenCmd::Create {
+            role,
+            id,
+            ttl_secs,
+            output_file,
+        }) => {
+            let t = c
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    role: role.name().into(),
+                    id: id.clone(),
+                    ttl_secs: *ttl_secs,
+                })
+                .await
+                .map_err(st)?
+                .into_inner();
+            let mut json = serde_json::json!({
+                "role": role.name(), "id": id, "expires_at": t.expires_at,
+            });
+            let table = match output_file {
+                Some(f) => {
+                    basalt_auth::files::write(f, &format!("{}\n", t.token), 0o600)?;
+                    json["token_file"] = f.display().to_string().into();
+                    format!(
+                        "join token for {} {id} written to {} (expires at {})",
+                        role.name(),
+                        f.display(),
+                        t.expires_at
+                    )
+                }
+                None => {
+                    json["token"] = t.token.clone().into();
+                    t.token
+                }
+            };
+            Printed { json, table }
+        }
+        Command::Identity(IdentityCmd::Revoke { role, id }) => {
+            c.revoke_identity(pb::RevokeIdentityRequest {
+                role: role.name().into(),
+                id: id.clone(),
+            })
+            .await
+            .map_err(st)?;
+            Printed {
+                json: serde_json::json!({"role": role.name(), "id": id, "revoked": true}),
+                table: format!("{} {id} revoked", role.name()),
+            }
+        }
     })
 }
 

@@ -1,9 +1,7 @@
 //! `basalt destination …` and `basalt volume backup`.
 
 use basalt_proto::control as pb;
-use basalt_proto::control::control_client::ControlClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use basalt_snapshot::{DestinationSpec, StoreKind};
 
@@ -185,7 +183,7 @@ pub fn add_request(cli: &Cli, cmd: &DestinationCmd) -> anyhow::Result<pb::AddDes
 
 pub async fn run(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     cmd: &DestinationCmd,
 ) -> anyhow::Result<Printed> {
     let dref = |name: &str| pb::DestinationRef {

@@ -1,6 +1,7 @@
 //! The `basalt` command-line tool.
 
 pub mod args;
+pub mod auth;
 pub mod commands;
 pub mod destination;
 pub mod output;

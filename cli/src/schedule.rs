@@ -2,9 +2,7 @@
 //! retention.
 
 use basalt_proto::control as pb;
-use basalt_proto::control::control_client::ControlClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::args::{Cli, ScheduleCmd};
 use crate::commands::{st, vref, Printed};
@@ -173,7 +171,7 @@ fn volume_printed(v: &pb::Volume) -> Printed {
 
 /// Every snapshot of `v` its schedule took (and retention kept), oldest first.
 async fn scheduled_snapshots(
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     v: &pb::Volume,
 ) -> anyhow::Result<Vec<pb::Snapshot>> {
     let mut out = Vec::new();
@@ -224,7 +222,7 @@ fn show_printed(v: &pb::Volume, snaps: &[pb::Snapshot]) -> Printed {
 
 async fn set(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     volume: &str,
     schedule: Option<pb::Schedule>,
 ) -> anyhow::Result<pb::Volume> {
@@ -240,7 +238,7 @@ async fn set(
 /// Runs one `basalt schedule …` command.
 pub async fn run(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     cmd: &ScheduleCmd,
 ) -> anyhow::Result<Printed> {
     Ok(match cmd {

@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use basalt_proto::control as pb;
-use basalt_proto::control::control_client::ControlClient;
 use serde_json::Value;
-use tonic::transport::Channel;
 
 use crate::args::{Cli, SnapshotCmd};
 use crate::commands::{print, st, vref, Printed};
@@ -42,7 +40,7 @@ fn snapshot(s: &pb::Snapshot) -> Printed {
 
 pub async fn run(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     cmd: &SnapshotCmd,
 ) -> anyhow::Result<Printed> {
     Ok(match cmd {
@@ -242,7 +240,7 @@ fn snapshot_status(s: &pb::Snapshot) -> Status {
 
 /// Polls a snapshot until its upload ends; returns it COMPLETE or FAILED.
 pub async fn wait_snapshot(
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     mut s: pb::Snapshot,
 ) -> anyhow::Result<pb::Snapshot> {
     let subject = if s.name.is_empty() {
@@ -300,7 +298,7 @@ fn hydration_status(h: &pb::Hydration) -> Status {
 /// Polls a volume created from a snapshot until it has loaded all of it.
 /// Returns at once for a volume that loads nothing.
 pub async fn wait_hydration(
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     mut v: pb::Volume,
 ) -> anyhow::Result<pb::Volume> {
     let Some(mut last) = v.hydration.clone() else {

@@ -7,11 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use basalt_proto::control as pb;
-use basalt_proto::control::control_client::ControlClient;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use crate::args::Cli;
 use crate::commands::{st, Printed};
@@ -32,7 +30,7 @@ fn block_len(size: u64, index: u64) -> usize {
 
 /// Every block of a complete snapshot (index, SHA-256), all pages.
 async fn all_blocks(
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     snap: &pb::SnapshotRef,
 ) -> anyhow::Result<(u64, Vec<(u64, Vec<u8>)>)> {
     let mut out = Vec::new();
@@ -66,7 +64,7 @@ fn read_block(f: &File, size: u64, index: u64) -> std::io::Result<Vec<u8>> {
 
 pub async fn import(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     file: &Path,
     name: &str,
     destination: Option<&str>,
@@ -191,7 +189,7 @@ pub async fn import(
 
 pub async fn export(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     snapshot: &str,
     file: &Path,
 ) -> anyhow::Result<Printed> {
@@ -272,7 +270,7 @@ fn short(sha: &[u8]) -> String {
 
 pub async fn diff(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     first: &str,
     second: &str,
 ) -> anyhow::Result<Printed> {

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use basalt_proto::control as pb;
 
 use crate::args::UpArgs;
+use crate::auth::{connect_with, Access, Client};
 
 struct Member {
     name: String,
@@ -80,8 +81,8 @@ fn stop_all(members: &mut Vec<Member>) {
     }
 }
 
-async fn ready(endpoint: &str, servers: usize) -> bool {
-    let Ok(mut c) = crate::commands::connect(endpoint).await else {
+async fn ready(endpoint: &str, access: &Access, servers: usize) -> bool {
+    let Ok(mut c) = connect_with(endpoint, access).await else {
         return false;
     };
     let Ok(ss) = c
@@ -102,6 +103,62 @@ async fn ready(endpoint: &str, servers: usize) -> bool {
         && ns.into_inner().nodes.iter().any(|n| n.state == "UP")
 }
 
+/// Waits for the control service to answer with the admin token it wrote
+/// at bootstrap.
+async fn control_up(
+    members: &mut [Member],
+    endpoint: &str,
+    ca: &Path,
+    token_file: &Path,
+) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if ca.exists() && token_file.exists() {
+            let access = Access::new(ca, basalt_auth::read_token(token_file)?)?;
+            if let Ok(c) = connect_with(endpoint, &access).await {
+                return Ok(c);
+            }
+        }
+        check(members)?;
+        if Instant::now() > deadline {
+            bail!("the control service did not come up within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The flags with which a storage server or node manager whose TLS
+/// directory is `tls_dir` gets its certificate: none when it has one, else
+/// a one-time join token made for it now.
+async fn join_flags(
+    c: &mut Client,
+    role: &str,
+    id: &str,
+    tls_dir: &Path,
+    ca: &Path,
+) -> anyhow::Result<Vec<String>> {
+    if tls_dir.join(basalt_auth::files::CERT).exists() {
+        return Ok(Vec::new());
+    }
+    let t = c
+        .create_join_token(pb::CreateJoinTokenRequest {
+            role: role.into(),
+            id: id.into(),
+            ttl_secs: 600,
+        })
+        .await
+        .map_err(crate::commands::st)?
+        .into_inner();
+    let file = tls_dir.with_file_name("join.token");
+    basalt_auth::files::write(&file, &format!("{}\n", t.token), 0o600)?;
+    Ok(vec![
+        "--join-token-file".into(),
+        file.display().to_string(),
+        "--ca-file".into(),
+        ca.display().to_string(),
+    ])
+}
+
 pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
     if a.servers == 0 || a.servers > 16 {
         bail!("--servers must be 1..=16");
@@ -116,39 +173,52 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
     let endpoint = format!("http://{control_addr}");
     let hb = a.heartbeat_ms.max(50);
     let mut members = Vec::new();
+    let ca = dir
+        .join("control")
+        .join("tls")
+        .join(basalt_auth::files::CA_CERT);
+    let token_file = dir.join("control").join("admin.token");
     let r = async {
         members.push(spawn(
             "control",
             Command::new(bin("basalt-control")?)
-                .args(["--listen", &control_addr, "--state-dir"])
+                .args(["--listen", &control_addr, "--bootstrap", "--state-dir"])
                 .arg(dir.join("control"))
                 .args(["--heartbeat-interval-ms", &hb.to_string(), "--down-after-ms", &(hb * 4).to_string()]),
             &logs,
         )?);
+        let mut c = control_up(&mut members, &endpoint, &ca, &token_file).await?;
         for i in 0..a.servers {
             let id = format!("s{}", i + 1);
             let data = format!("127.0.0.1:{}", a.base_port + 10 + 2 * i);
             let admin = format!("127.0.0.1:{}", a.base_port + 11 + 2 * i);
+            let data_dir = dir.join("storage").join(&id);
+            let join = join_flags(&mut c, "storage", &id, &data_dir.join("tls"), &ca).await?;
             members.push(spawn(
                 &format!("storage-{id}"),
                 Command::new(bin("basalt-storage")?)
                     .args(["--server-id", &id, "--listen", &data, "--admin-listen", &admin, "--control", &endpoint, "--data-dir"])
-                    .arg(dir.join("storage").join(&id)),
+                    .arg(&data_dir)
+                    .args(&join),
                 &logs,
             )?);
         }
+        let node_dir = dir.join("node");
+        let join = join_flags(&mut c, "node", &a.node_id, &node_dir.join("tls"), &ca).await?;
         members.push(spawn(
             "node",
             Command::new(bin("basalt-node")?)
                 .args(["--node-id", &a.node_id, "--listen", &format!("127.0.0.1:{}", a.base_port + 1), "--control", &endpoint])
                 .arg("--state-dir")
-                .arg(dir.join("node"))
+                .arg(&node_dir)
                 .arg("--backend-bin")
-                .arg(bin("basalt-vhost-blk")?),
+                .arg(bin("basalt-vhost-blk")?)
+                .args(&join),
             &logs,
         )?);
+        let access = Access::new(&ca, basalt_auth::read_token(&token_file)?)?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready(&endpoint, a.servers as usize).await {
+        while !ready(&endpoint, &access, a.servers as usize).await {
             check(&mut members)?;
             if Instant::now() > deadline {
                 bail!("cluster not ready after 60 s; logs in {}", logs.display());
@@ -160,6 +230,11 @@ pub async fn up(a: &UpArgs) -> anyhow::Result<()> {
             a.servers,
             a.node_id,
             dir.display()
+        );
+        println!(
+            "basalt up: mutual TLS on every API; for the CLI:\n  export BASALT_CONTROL={endpoint} BASALT_CA_FILE={} BASALT_TOKEN_FILE={}",
+            ca.display(),
+            token_file.display()
         );
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;

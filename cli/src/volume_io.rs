@@ -7,10 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use basalt_proto::control as pb;
-use basalt_proto::control::control_client::ControlClient;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 use crate::args::Cli;
 use crate::commands::{st, vref, Printed};
@@ -19,7 +17,7 @@ use crate::size::format_size;
 
 const BLOCK: u64 = 512 << 10;
 
-async fn size_of(cli: &Cli, c: &mut ControlClient<Channel>, volume: &str) -> anyhow::Result<u64> {
+async fn size_of(cli: &Cli, c: &mut crate::auth::Client, volume: &str) -> anyhow::Result<u64> {
     Ok(c.describe_volume(pb::DescribeVolumeRequest {
         volume: Some(vref(cli, volume)),
     })
@@ -31,7 +29,7 @@ async fn size_of(cli: &Cli, c: &mut ControlClient<Channel>, volume: &str) -> any
 
 async fn read_block(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     volume: &str,
     index: u64,
 ) -> anyhow::Result<Vec<u8>> {
@@ -51,7 +49,7 @@ async fn read_block(
 
 pub async fn upload(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     volume: &str,
     file: &Path,
 ) -> anyhow::Result<Printed> {
@@ -120,7 +118,7 @@ pub async fn upload(
 
 pub async fn download(
     cli: &Cli,
-    c: &mut ControlClient<Channel>,
+    c: &mut crate::auth::Client,
     volume: &str,
     file: &Path,
 ) -> anyhow::Result<Printed> {

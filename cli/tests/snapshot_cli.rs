@@ -322,6 +322,29 @@ impl Control for Mock {
     ) -> R<pb::GetSnapshotBlockResponse> {
         Err(Status::unimplemented(""))
     }
+    async fn create_join_token(
+        &self,
+        _: Request<pb::CreateJoinTokenRequest>,
+    ) -> R<pb::CreateJoinTokenResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn join(&self, _: Request<pb::JoinRequest>) -> R<pb::JoinResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn revoke_identity(
+        &self,
+        _: Request<pb::RevokeIdentityRequest>,
+    ) -> R<pb::RevokeIdentityResponse> {
+        Err(Status::unimplemented(""))
+    }
+}
+
+/// The token the mock accepts (as an admin).
+struct OneToken(String);
+impl basalt_auth::Authority for OneToken {
+    fn token(&self, t: &str) -> Option<basalt_auth::Principal> {
+        (t == self.0).then(|| basalt_auth::Principal::new(basalt_auth::Role::Admin, "t").unwrap())
+    }
 }
 
 /// A scripted control service; runs until the value is dropped.
@@ -329,6 +352,8 @@ struct Service {
     _rt: tokio::runtime::Runtime,
     endpoint: String,
     mock: std::sync::Arc<Mock>,
+    /// The CA certificate and the admin token file the CLI is given.
+    dir: tempfile::TempDir,
 }
 
 impl Service {
@@ -339,10 +364,26 @@ impl Service {
             let _g = rt.enter();
             tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into()).unwrap()
         };
-        let endpoint = format!("http://{}", incoming.local_addr().unwrap());
+        let endpoint = format!("https://{}", incoming.local_addr().unwrap());
         let svc = ControlServer::from_arc(mock.clone());
+        // TLS and the authorisation layer as the real service has them:
+        // every call needs the admin token.
+        let pki = basalt_auth::testing::TestPki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let token = basalt_auth::token::generate();
+        basalt_auth::files::write(&dir.path().join("ca.crt"), pki.ca_pem(), 0o644).unwrap();
+        basalt_auth::files::write(&dir.path().join("token"), &token, 0o600).unwrap();
+        let policy: basalt_auth::Policy = std::sync::Arc::new(|_: &str| {
+            Some(basalt_auth::Access::Roles(&[basalt_auth::Role::Admin]))
+        });
         rt.spawn(
             tonic::transport::Server::builder()
+                .tls_config(pki.control().server_tls())
+                .unwrap()
+                .layer(basalt_auth::AuthLayer::with_authority(
+                    policy,
+                    std::sync::Arc::new(OneToken(token)),
+                ))
                 .add_service(svc)
                 .serve_with_incoming(incoming),
         );
@@ -350,6 +391,7 @@ impl Service {
             _rt: rt,
             endpoint,
             mock,
+            dir,
         }
     }
 
@@ -358,6 +400,11 @@ impl Service {
         let out = Command::new(env!("CARGO_BIN_EXE_basalt"))
             .arg("--control")
             .arg(&self.endpoint)
+            .arg("--ca-file")
+            .arg(self.dir.path().join("ca.crt"))
+            .arg("--token-file")
+            .arg(self.dir.path().join("token"))
+            .env_remove("BASALT_TOKEN")
             .args(args)
             .output()
             .unwrap();

@@ -62,6 +62,24 @@ pub struct Args {
     /// result.
     #[arg(long, default_value_t = 300)]
     pub destination_check_secs: u64,
+    /// Create the cluster identity if it does not exist yet: the cluster CA
+    /// (`<tls-dir>/ca.crt`, `ca.key`), the control service's certificate and
+    /// an admin API token (`--admin-token-file`). Without it the control
+    /// service refuses to start on a state directory that has none.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// The cluster CA and the control service's certificate (default
+    /// `<state-dir>/tls`). Keep `ca.key` secret: it signs every identity.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// Where `--bootstrap` writes the first admin API token (default
+    /// `<state-dir>/admin.token`, owner-only).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Validity of the certificates issued to storage servers and node
+    /// managers when they join, in days.
+    #[arg(long, default_value_t = 365)]
+    pub cert_validity_days: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +108,10 @@ pub struct Config {
     pub snapshot_rate: u64,
     pub snapshot_poll: Duration,
     pub destination_check: Duration,
+    pub bootstrap: bool,
+    pub tls_dir: PathBuf,
+    pub admin_token_file: PathBuf,
+    pub cert_validity: Duration,
 }
 
 impl TryFrom<Args> for Config {
@@ -103,6 +125,7 @@ impl TryFrom<Args> for Config {
             (a.probe_timeout_ms, "--probe-timeout-ms"),
             (a.snapshot_poll_ms, "--snapshot-poll-ms"),
             (a.destination_check_secs, "--destination-check-secs"),
+            (a.cert_validity_days, "--cert-validity-days"),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroTimer(n));
@@ -141,6 +164,12 @@ impl TryFrom<Args> for Config {
             snapshot_poll: Duration::from_millis(a.snapshot_poll_ms),
             destination_check: Duration::from_secs(a.destination_check_secs),
             listen: a.listen,
+            bootstrap: a.bootstrap,
+            tls_dir: a.tls_dir.unwrap_or_else(|| a.state_dir.join("tls")),
+            admin_token_file: a
+                .admin_token_file
+                .unwrap_or_else(|| a.state_dir.join("admin.token")),
+            cert_validity: Duration::from_secs(a.cert_validity_days.saturating_mul(86400)),
             state_dir: a.state_dir,
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
             down_after: Duration::from_millis(a.down_after_ms),

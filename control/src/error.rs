@@ -16,6 +16,9 @@ pub enum ControlError {
     Exhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller is authenticated but may not do this.
+    #[error("{0}")]
+    Denied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -30,6 +33,7 @@ impl From<ControlError> for tonic::Status {
             ControlError::Precondition(_) => tonic::Status::failed_precondition(msg),
             ControlError::Exhausted(_) => tonic::Status::resource_exhausted(msg),
             ControlError::Unavailable(_) => tonic::Status::unavailable(msg),
+            ControlError::Denied(_) => tonic::Status::permission_denied(msg),
             ControlError::Store(_) => tonic::Status::internal(msg),
         }
     }

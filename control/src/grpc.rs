@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use basalt_auth::Role;
 use basalt_proto::control as pb;
 use basalt_proto::control::control_server;
 use tonic::{Request, Response, Status};
@@ -203,7 +204,9 @@ impl control_server::Control for Api {
         r: Request<pb::ReportUnreachableRequest>,
     ) -> R<pb::ReportUnreachableResponse> {
         Ok(Response::new(
-            self.0.report_unreachable(r.into_inner()).await?,
+            self.0
+                .report_unreachable(&basalt_auth::caller(&r)?.clone(), r.into_inner())
+                .await?,
         ))
     }
 
@@ -224,10 +227,12 @@ impl control_server::Control for Api {
         &self,
         r: Request<pb::RegisterStorageServerRequest>,
     ) -> R<pb::RegisterStorageServerResponse> {
+        let caller = basalt_auth::caller(&r)?.clone();
         let s = r
             .into_inner()
             .server
             .ok_or_else(|| Status::invalid_argument("server is required"))?;
+        basalt_auth::require_self(&caller, Role::Storage, &s.server_id)?;
         tracing::info!(server = %s.server_id, data = %s.data_address, "storage server registered");
         self.0.registry.register_server(&*self.0.store, s)?;
         Ok(Response::new(pb::RegisterStorageServerResponse {
@@ -239,9 +244,10 @@ impl control_server::Control for Api {
         &self,
         r: Request<pb::StorageServerHeartbeatRequest>,
     ) -> R<pb::StorageServerHeartbeatResponse> {
-        self.0
-            .registry
-            .server_heartbeat(&*self.0.store, r.into_inner())?;
+        let caller = basalt_auth::caller(&r)?.clone();
+        let hb = r.into_inner();
+        basalt_auth::require_self(&caller, Role::Storage, &hb.server_id)?;
+        self.0.registry.server_heartbeat(&*self.0.store, hb)?;
         Ok(Response::new(pb::StorageServerHeartbeatResponse {}))
     }
 
@@ -282,10 +288,12 @@ impl control_server::Control for Api {
         &self,
         r: Request<pb::RegisterNodeRequest>,
     ) -> R<pb::RegisterNodeResponse> {
+        let caller = basalt_auth::caller(&r)?.clone();
         let n = r
             .into_inner()
             .node
             .ok_or_else(|| Status::invalid_argument("node is required"))?;
+        basalt_auth::require_self(&caller, Role::Node, &n.node_id)?;
         tracing::info!(node = %n.node_id, address = %n.address, "node registered");
         self.0.registry.register_node(&*self.0.store, n)?;
         Ok(Response::new(pb::RegisterNodeResponse {
@@ -297,9 +305,10 @@ impl control_server::Control for Api {
         &self,
         r: Request<pb::NodeHeartbeatRequest>,
     ) -> R<pb::NodeHeartbeatResponse> {
-        self.0
-            .registry
-            .node_heartbeat(&*self.0.store, r.into_inner())?;
+        let caller = basalt_auth::caller(&r)?.clone();
+        let hb = r.into_inner();
+        basalt_auth::require_self(&caller, Role::Node, &hb.node_id)?;
+        self.0.registry.node_heartbeat(&*self.0.store, hb)?;
         Ok(Response::new(pb::NodeHeartbeatResponse {}))
     }
 
@@ -307,5 +316,24 @@ impl control_server::Control for Api {
         Ok(Response::new(pb::ListNodesResponse {
             nodes: self.0.registry.nodes_pb(&*self.0.store)?,
         }))
+    }
+
+    async fn create_join_token(
+        &self,
+        r: Request<pb::CreateJoinTokenRequest>,
+    ) -> R<pb::CreateJoinTokenResponse> {
+        Ok(Response::new(self.0.create_join_token(r.into_inner())?))
+    }
+
+    async fn join(&self, r: Request<pb::JoinRequest>) -> R<pb::JoinResponse> {
+        Ok(Response::new(self.0.join(r.into_inner()).await?))
+    }
+
+    async fn revoke_identity(
+        &self,
+        r: Request<pb::RevokeIdentityRequest>,
+    ) -> R<pb::RevokeIdentityResponse> {
+        self.0.revoke_identity(r.into_inner())?;
+        Ok(Response::new(pb::RevokeIdentityResponse {}))
     }
 }

@@ -14,8 +14,10 @@ mod drain;
 pub mod error;
 mod failover;
 mod grpc;
+pub mod identity;
 pub mod model;
 pub mod placement;
+mod policy;
 mod reconcile;
 pub mod registry;
 mod report;
@@ -53,6 +55,9 @@ pub struct Control {
     copy_jobs: std::sync::Mutex<std::collections::HashSet<(u64, String)>>,
     manifest_cache:
         std::sync::Mutex<std::collections::HashMap<u64, Arc<basalt_snapshot::Manifest>>>,
+    /// The cluster CA and this service's certificate (absent only in unit
+    /// tests that never reach a peer).
+    identity: Option<Arc<identity::Identity>>,
     config: Config,
 }
 
@@ -64,6 +69,7 @@ impl Control {
             clients: clients::Clients {
                 connect_timeout: config.peer_timeout.min(std::time::Duration::from_secs(2)),
                 request_timeout: config.peer_timeout,
+                creds: None,
             },
             ops: tokio::sync::Mutex::new(()),
             gc_locks: Default::default(),
@@ -71,8 +77,23 @@ impl Control {
             manifest_cache: Default::default(),
             copy_jobs: Default::default(),
             schedule_runs: Default::default(),
+            identity: None,
             config,
         }
+    }
+
+    /// Gives the service its identity: its certificate for calls to storage
+    /// servers and node managers, the CA for joins.
+    pub fn with_identity(mut self, identity: identity::Identity) -> Control {
+        self.clients.creds = Some(identity.creds.clone());
+        self.identity = Some(Arc::new(identity));
+        self
+    }
+
+    fn identity(&self) -> error::Result<&identity::Identity> {
+        self.identity.as_deref().ok_or_else(|| {
+            error::ControlError::Unavailable("the control service has no cluster identity".into())
+        })
     }
 
     fn heartbeat_ms(&self) -> u64 {
@@ -104,7 +125,9 @@ pub async fn bind(config: Config) -> anyhow::Result<(Arc<Control>, TcpListener)>
     let path = config.state_dir.join("control.redb");
     let store =
         store::RedbStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let control = Control::new(config, Arc::new(store));
+    let store: Arc<dyn store::MetaStore> = Arc::new(store);
+    let identity = identity::load_or_bootstrap(&config, &*store)?;
+    let control = Control::new(config, store).with_identity(identity);
     control
         .record_flag_destinations()
         .context("cannot record the --destination flags")?;
@@ -149,7 +172,15 @@ pub async fn serve(
     });
     tracing::info!(listen = %listener.local_addr()?, "basalt-control ready");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let tls = control.identity()?.creds.server_tls();
+    let auth = basalt_auth::AuthLayer::with_authority(
+        policy::policy(),
+        Arc::new(identity::StoreAuthority(control.store.clone())),
+    );
     let r = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("bad TLS settings")?
+        .layer(auth)
         .add_service(pb::control_server::ControlServer::new(grpc::Api(control)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

@@ -18,9 +18,9 @@
 
 use std::time::Duration;
 
+use basalt_auth::{Principal, Role};
 use basalt_proto::control as pb;
 use basalt_proto::storage_admin as spb;
-use tonic::transport::Endpoint;
 
 use crate::error::{ControlError, Result};
 use crate::model::{key, ServerRecord, VolumeRecord, VolumeState};
@@ -28,10 +28,26 @@ use crate::store::{get_json, Table};
 use crate::Control;
 
 impl Control {
+    /// `caller` is the authenticated reporter: a storage server reports
+    /// under its own id only; a node manager's backend is known by its node,
+    /// never by a server id (so it cannot pose as a primary reporting its
+    /// mirrors), and only for a volume attached to that node.
     pub(crate) async fn report_unreachable(
         &self,
-        r: pb::ReportUnreachableRequest,
+        caller: &Principal,
+        mut r: pb::ReportUnreachableRequest,
     ) -> Result<pb::ReportUnreachableResponse> {
+        match caller.role {
+            Role::Storage if r.reporter != caller.id => {
+                return Err(ControlError::Denied(format!(
+                    "{caller} may not report as {:?}",
+                    r.reporter
+                )))
+            }
+            Role::Storage | Role::Control => {}
+            Role::Node => r.reporter = format!("node:{}", caller.id),
+            _ => return Err(ControlError::Denied(format!("{caller} may not report"))),
+        }
         if r.volume_id == 0 {
             return Err(ControlError::Invalid("volume_id is required".into()));
         }
@@ -53,6 +69,14 @@ impl Control {
                 outcome: pb::ReportOutcome::Fenced as i32,
                 ..Default::default()
             });
+        }
+        if caller.role == Role::Node
+            && v.attachment.as_ref().map(|a| a.node_id.as_str()) != Some(caller.id.as_str())
+        {
+            return Err(ControlError::Denied(format!(
+                "volume {} is not attached to {caller}",
+                v.id
+            )));
         }
         if r.epoch > v.epoch {
             return Err(ControlError::Invalid(format!(
@@ -112,7 +136,11 @@ impl Control {
     /// timeout, as the server it claims to be.
     async fn probe(&self, s: &ServerRecord) -> std::result::Result<(), String> {
         let t: Duration = self.config.probe_timeout;
-        let ep = Endpoint::from_shared(format!("http://{}", s.admin_address))
+        let peer = basalt_auth::Principal::new(basalt_auth::Role::Storage, &s.server_id)
+            .map_err(|e| e.to_string())?;
+        let ep = self
+            .clients
+            .endpoint(&peer, &s.admin_address)
             .map_err(|e| e.to_string())?
             .connect_timeout(t)
             .timeout(t);

@@ -29,6 +29,10 @@ pub enum Table {
     /// Blocks put into OPEN direct snapshots: `<snapshot:020>/<block:020>`
     /// to the block's chunk id (32 bytes).
     SnapshotBlocks,
+    /// API and join tokens by the SHA-256 of the token.
+    Tokens,
+    /// Revoked storage-server and node identities, `<role>/<id>`.
+    Revoked,
 }
 
 impl Table {
@@ -42,6 +46,8 @@ impl Table {
             Table::Sweeps => "sweeps",
             Table::Destinations => "destinations",
             Table::SnapshotBlocks => "snapshot_blocks",
+            Table::Tokens => "tokens",
+            Table::Revoked => "revoked",
         })
     }
 }
@@ -88,6 +94,8 @@ impl RedbStore {
             Table::Sweeps,
             Table::Destinations,
             Table::SnapshotBlocks,
+            Table::Tokens,
+            Table::Revoked,
         ] {
             tx.open_table(t.def()).map_err(be)?;
         }

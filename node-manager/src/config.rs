@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use basalt_auth::{JoinSettings, Principal, Role};
 use clap::Parser;
 
 /// Per-host node manager: attaches Basalt volumes by running one supervised
@@ -11,7 +12,9 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "basalt-node", version)]
 pub struct Args {
-    /// Id of this node (hypervisor host), as known to the control service.
+    /// Id of this node (hypervisor host), as known to the control service:
+    /// a DNS label (lowercase letters, digits, '-'); its certificate names
+    /// it as <node-id>.node.basalt.
     #[arg(long)]
     pub node_id: String,
     /// Address of the NodeAgent gRPC service.
@@ -27,9 +30,25 @@ pub struct Args {
     /// <state-dir>/run): one directory per attachment holding its sockets.
     #[arg(long, value_name = "PATH")]
     pub run_dir: Option<PathBuf>,
-    /// Control service URL (http://HOST:PORT); without it the node runs standalone.
+    /// Control service URL (https://HOST:PORT; always TLS, an http:// URL
+    /// is upgraded); without it the node runs standalone.
     #[arg(long, env = "BASALT_CONTROL", value_name = "URL")]
     pub control: Option<String>,
+    /// This node's identity: the cluster CA (ca.crt), its certificate
+    /// (tls.crt) and key (tls.key, owner-only) (default <state-dir>/tls).
+    /// Also passed to backends with --control.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// One-time join token (owner-only file, from `basalt join-token create
+    /// --role node --id <node-id>`), used when --tls-dir holds no valid
+    /// certificate for this node: the node joins the control service and
+    /// stores the certificate it gets in --tls-dir.
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// The cluster CA certificate (the control service's tls/ca.crt), to
+    /// verify the control service when joining (default <tls-dir>/ca.crt).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Heartbeat interval until the control service names its own.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_interval_ms: u64,
@@ -90,11 +109,17 @@ pub struct Owner {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_id: String,
+    /// `node <node_id>`: who this node manager is to the cluster.
+    pub principal: Principal,
     pub listen: SocketAddr,
     pub advertise: Option<String>,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub control: Option<String>,
+    /// Holds `ca.crt`, `tls.crt`, `tls.key`.
+    pub tls_dir: PathBuf,
+    pub join_token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub heartbeat_interval: Duration,
     pub backend: BackendSettings,
     pub ready_file: Option<PathBuf>,
@@ -116,6 +141,9 @@ pub struct BackendSettings {
     /// Control service URL given to backends (they ask it for a new layout
     /// when their primary fails).
     pub control: Option<String>,
+    /// The node's TLS directory, given to backends with `control` (they
+    /// call the control service as this node).
+    pub tls_dir: PathBuf,
     pub restart_backoff: Duration,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
@@ -124,13 +152,17 @@ pub struct BackendSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--node-id must be 1..=128 bytes without whitespace")]
-    NodeId,
+    #[error("--node-id {0:?} is not a valid node id: use 1-63 lowercase letters, digits and '-', not starting or ending with '-' (it is a DNS label: the node's certificate names it as <node-id>.node.basalt)")]
+    NodeId(String),
+    #[error(
+        "--join-token-file needs --control: the node joins the cluster through the control service"
+    )]
+    JoinWithoutControl,
     #[error("--{0} must be greater than 0")]
     ZeroTimer(&'static str),
     #[error("--socket-owner {0:?} is not UID:GID (numbers, e.g. 107:107 for qemu)")]
     Owner(String),
-    #[error("--control {0:?} is not a URL; use http://HOST:PORT of the control service")]
+    #[error("--control {0:?} is not a URL; use https://HOST:PORT of the control service")]
     Control(String),
     #[error("--advertise {0:?} is not HOST:PORT")]
     Advertise(String),
@@ -235,11 +267,13 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: Args) -> Result<Config, ConfigError> {
-        if a.node_id.is_empty()
-            || a.node_id.len() > 128
-            || a.node_id.chars().any(char::is_whitespace)
-        {
-            return Err(ConfigError::NodeId);
+        if !basalt_auth::valid_id(&a.node_id) {
+            return Err(ConfigError::NodeId(a.node_id));
+        }
+        let principal =
+            Principal::new(Role::Node, &a.node_id).map_err(|e| ConfigError::NodeId(e.id))?;
+        if a.join_token_file.is_some() && a.control.is_none() {
+            return Err(ConfigError::JoinWithoutControl);
         }
         if let Some(c) = &a.control {
             if !(c.starts_with("http://") || c.starts_with("https://")) {
@@ -276,6 +310,7 @@ impl TryFrom<Args> for Config {
         if a.max_attachments == 0 || a.max_attachments > MAX_MAX_ATTACHMENTS {
             return Err(ConfigError::MaxAttachments(a.max_attachments));
         }
+        let tls_dir = a.tls_dir.unwrap_or_else(|| a.state_dir.join("tls"));
         let backend = BackendSettings {
             bin,
             state_dir: a.state_dir.clone(),
@@ -290,6 +325,7 @@ impl TryFrom<Args> for Config {
             cluster_key_file: a.cluster_key_file,
             retry_interval_ms: a.backend_retry_interval_ms,
             control: a.control.clone(),
+            tls_dir: tls_dir.clone(),
             restart_backoff: millis("restart-backoff-ms", a.restart_backoff_ms)?,
             start_timeout: millis("backend-start-timeout-ms", a.backend_start_timeout_ms)?,
             stop_timeout: millis("backend-stop-timeout-ms", a.backend_stop_timeout_ms)?,
@@ -297,15 +333,32 @@ impl TryFrom<Args> for Config {
         };
         Ok(Config {
             node_id: a.node_id,
+            principal,
             listen: a.listen,
             advertise: a.advertise,
             state_dir: a.state_dir,
             run_dir,
             control: a.control,
+            tls_dir,
+            join_token_file: a.join_token_file,
+            ca_file: a.ca_file,
             heartbeat_interval: millis("heartbeat-interval-ms", a.heartbeat_interval_ms)?,
             backend,
             ready_file: a.ready_file,
         })
+    }
+}
+
+impl Config {
+    /// Where this node's certificate is and how it may join the cluster.
+    pub fn join_settings(&self) -> JoinSettings {
+        JoinSettings {
+            tls_dir: self.tls_dir.clone(),
+            principal: self.principal.clone(),
+            control: self.control.clone(),
+            token_file: self.join_token_file.clone(),
+            ca_file: self.ca_file.clone(),
+        }
     }
 }
 
@@ -338,6 +391,73 @@ mod tests {
         assert!(c.backend.socket_owner.is_none());
         assert!(c.backend.backend_user.is_none());
         assert_eq!(c.backend.max_attachments, 64);
+        assert_eq!(c.principal, Principal::new(Role::Node, "n1").unwrap());
+        assert_eq!(c.tls_dir, PathBuf::from("/tmp/basalt-node-test/tls"));
+        assert_eq!(c.backend.tls_dir, c.tls_dir);
+        let j = c.join_settings();
+        assert_eq!(j.tls_dir, c.tls_dir);
+        assert!(j.token_file.is_none() && j.ca_file.is_none() && j.control.is_none());
+    }
+
+    #[test]
+    fn identity_flags() {
+        let c = parse(&[
+            "--tls-dir",
+            "/etc/basalt/tls",
+            "--control",
+            "https://ctl:7400",
+            "--join-token-file",
+            "/etc/basalt/join.token",
+            "--ca-file",
+            "/etc/basalt/ca.crt",
+        ])
+        .unwrap();
+        assert_eq!(c.tls_dir, PathBuf::from("/etc/basalt/tls"));
+        assert_eq!(c.backend.tls_dir, PathBuf::from("/etc/basalt/tls"));
+        let j = c.join_settings();
+        assert_eq!(j.principal.dns_name(), "n1.node.basalt");
+        assert_eq!(j.control.as_deref(), Some("https://ctl:7400"));
+        assert_eq!(j.token_file, Some(PathBuf::from("/etc/basalt/join.token")));
+        assert_eq!(j.ca_file, Some(PathBuf::from("/etc/basalt/ca.crt")));
+        let e = parse(&["--join-token-file", "/etc/basalt/join.token"]).unwrap_err();
+        assert!(e.contains("needs --control"), "{e}");
+    }
+
+    #[test]
+    fn node_id_must_be_a_dns_label() {
+        let with_id = |id: &str| {
+            let a = Args::try_parse_from([
+                "basalt-node",
+                &format!("--node-id={id}"),
+                "--state-dir",
+                "/tmp",
+                "--backend-bin",
+                "/bin/true",
+            ])
+            .map_err(|e| e.to_string())?;
+            Config::try_from(a).map_err(|e| e.to_string())
+        };
+        let long = "x".repeat(64);
+        for bad in [
+            "",
+            "Node1",
+            "n_1",
+            "n.1",
+            "-n1",
+            "n1-",
+            "has space",
+            "hv1.example",
+            &long,
+        ] {
+            let e = with_id(bad).unwrap_err();
+            assert!(
+                e.contains("--node-id") && e.contains("lowercase"),
+                "{bad:?}: {e}"
+            );
+        }
+        for good in ["n1", "hv-7", "0", &"x".repeat(63)] {
+            assert_eq!(with_id(good).unwrap().node_id, good);
+        }
     }
 
     #[test]

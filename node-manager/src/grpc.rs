@@ -1,10 +1,12 @@
 //! `basalt.node.v1.NodeAgent`: a thin layer over [`Attachments`]. Errors
-//! map to gRPC codes here and only here.
+//! map to gRPC codes here and only here. Who may call it is [`policy`].
 
 use std::sync::Arc;
 
+use basalt_auth::{Access, Policy, Role};
 use basalt_proto::node as pb;
-use basalt_proto::node::node_agent_server::NodeAgent;
+use basalt_proto::node::node_agent_server::{NodeAgent, NodeAgentServer};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::attachments::{AttachError, Attachments, Info};
@@ -33,6 +35,19 @@ pub fn to_status(e: AttachError) -> Status {
         AttachError::NotRunning { .. } | AttachError::Ctl { .. } => Status::unavailable(msg),
         AttachError::Record(_) => Status::internal(msg),
     }
+}
+
+/// Per-call authorisation of the node manager's gRPC server: every
+/// NodeAgent method is the control service's alone (it attaches and
+/// detaches volumes on this host); any other path is refused.
+pub fn policy() -> Policy {
+    Arc::new(|path: &str| {
+        let method = path
+            .strip_prefix('/')?
+            .strip_prefix(NodeAgentServer::<NodeAgentService>::NAME)?
+            .strip_prefix('/')?;
+        (!method.is_empty() && !method.contains('/')).then_some(Access::Roles(&[Role::Control]))
+    })
 }
 
 pub struct NodeAgentService {
@@ -125,6 +140,36 @@ mod tests {
     use super::*;
     use crate::params::ParamsError;
     use tonic::Code;
+
+    #[test]
+    fn only_the_control_service_may_call_the_node_agent() {
+        let p = policy();
+        for m in [
+            "Attach",
+            "Detach",
+            "Resize",
+            "UpdateLayout",
+            "ListAttachments",
+        ] {
+            assert_eq!(
+                p(&format!("/basalt.node.v1.NodeAgent/{m}")),
+                Some(Access::Roles(&[Role::Control])),
+                "{m}"
+            );
+        }
+        for other in [
+            "/basalt.node.v1.NodeAgent/",
+            "/basalt.node.v1.NodeAgent",
+            "/basalt.node.v1.NodeAgentX/Attach",
+            "/basalt.node.v1.NodeAgent/Attach/x",
+            "/basalt.control.v1.Control/RegisterNode",
+            "/grpc.health.v1.Health/Check",
+            "basalt.node.v1.NodeAgent/Attach",
+            "",
+        ] {
+            assert_eq!(p(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn codes() {

@@ -1,18 +1,23 @@
 //! Registration with the control service and heartbeats carrying the
 //! status of every attachment. Any failure leads back to registering again
-//! after one interval.
+//! after one interval. The node calls the control service over mutual TLS,
+//! as itself (its certificate), and checks that the server is the control
+//! service.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use basalt_proto::control as pb;
 use basalt_proto::control::control_client::ControlClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::attachments::{Attachments, State};
 
 pub struct Registration {
     pub control_url: String,
+    /// TLS endpoint of `control_url` presenting the node's certificate
+    /// (see [`basalt_auth::endpoint`]).
+    pub endpoint: Endpoint,
     pub node_id: String,
     pub address: String,
     pub default_interval: Duration,
@@ -44,9 +49,12 @@ async fn register(
     reg: &Registration,
     att: &Attachments,
 ) -> Result<(ControlClient<Channel>, Duration), String> {
-    let mut client = ControlClient::connect(reg.control_url.clone())
+    let channel = reg
+        .endpoint
+        .connect()
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+    let mut client = ControlClient::new(channel);
     let node = pb::Node {
         node_id: reg.node_id.clone(),
         address: reg.address.clone(),
@@ -65,6 +73,18 @@ async fn register(
         Duration::from_millis(ms)
     };
     Ok((client, interval))
+}
+
+/// An error with its causes (a TLS failure is only in the sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Runs for the life of the process.

@@ -3,6 +3,11 @@
 //! out the VMM launch flags, records its attachments on disk and re-adopts
 //! running backends after its own restart. See docs/node-manager.md.
 //!
+//! It has a certificate naming it `node <node-id>` (from its TLS directory,
+//! or by joining the cluster with a one-time token): its NodeAgent server
+//! takes mutual TLS only and admits the control service alone
+//! ([`grpc::policy`]); it calls the control service with that certificate.
+//!
 //! Modules:
 //! - [`config`]: flags and validated configuration;
 //! - [`params`]: attachment parameters, backend command line, launch flags;
@@ -31,6 +36,7 @@ pub mod supervise;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use basalt_auth::{AuthLayer, Principal};
 use basalt_proto::node::node_agent_server::NodeAgentServer;
 use tokio::net::TcpListener;
 
@@ -57,6 +63,16 @@ pub enum RunError {
     Recover(#[from] AttachError),
     #[error("cannot prepare the state or run directory: {0}")]
     Prepare(#[from] safefs::FsError),
+    #[error("cannot get this node's certificate: {0}")]
+    Identity(#[from] basalt_auth::JoinError),
+    #[error("the certificate in {dir} cannot serve TLS: {source}; replace it (remove tls.crt and tls.key and join again with --join-token-file)")]
+    Tls {
+        dir: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("--control: {0}")]
+    Control(#[source] basalt_auth::FilesError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -117,6 +133,21 @@ async fn serve(config: Config) -> Result<(), RunError> {
         safefs::ensure_own_dir(&d, record::DIR_MODE)?;
     }
     process::prepare_run_dir(&config.run_dir)?;
+    // Before any backend starts: with --control they use this identity too.
+    let creds = basalt_auth::obtain(&config.join_settings()).await?;
+    tracing::info!(principal = %creds.principal, dir = %config.tls_dir.display(), "using this node's certificate");
+    let control_endpoint = config
+        .control
+        .as_deref()
+        .map(|url| basalt_auth::endpoint(url, creds.client_tls(&Principal::control())))
+        .transpose()
+        .map_err(RunError::Control)?;
+    let server = tonic::transport::Server::builder()
+        .tls_config(creds.server_tls())
+        .map_err(|source| RunError::Tls {
+            dir: config.tls_dir.clone(),
+            source,
+        })?;
     let att = Attachments::new(config.backend.clone());
     att.recover().await?;
     let listener = TcpListener::bind(config.listen)
@@ -133,20 +164,25 @@ async fn serve(config: Config) -> Result<(), RunError> {
     if config.control.is_some() && config.advertise.is_none() && local.ip().is_unspecified() {
         tracing::warn!(%local, "listening on an unspecified address: the control service cannot reach this node there; pass --advertise HOST:PORT");
     }
-    let hb = config.control.clone().map(|url| {
-        tokio::spawn(heartbeat::run(
-            heartbeat::Registration {
-                control_url: url,
-                node_id: config.node_id.clone(),
-                address: config
-                    .advertise
-                    .clone()
-                    .unwrap_or_else(|| local.to_string()),
-                default_interval: config.heartbeat_interval,
-            },
-            att.clone(),
-        ))
-    });
+    let hb = config
+        .control
+        .clone()
+        .zip(control_endpoint)
+        .map(|(url, endpoint)| {
+            tokio::spawn(heartbeat::run(
+                heartbeat::Registration {
+                    control_url: url,
+                    endpoint,
+                    node_id: config.node_id.clone(),
+                    address: config
+                        .advertise
+                        .clone()
+                        .unwrap_or_else(|| local.to_string()),
+                    default_interval: config.heartbeat_interval,
+                },
+                att.clone(),
+            ))
+        });
     if let Some(p) = &config.ready_file {
         write_ready_file(p, local)?;
     }
@@ -154,7 +190,8 @@ async fn serve(config: Config) -> Result<(), RunError> {
         attachments: att.clone(),
     };
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let r = tonic::transport::Server::builder()
+    let r = server
+        .layer(AuthLayer::certificates(grpc::policy()))
         .add_service(NodeAgentServer::new(svc))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;

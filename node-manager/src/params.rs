@@ -157,8 +157,12 @@ pub fn backend_args(p: &AttachParams, socket: &Path, s: &BackendSettings) -> Vec
         v.push(ms.to_string());
     }
     if let Some(c) = &s.control {
+        // The backend calls the control service as this node, with the
+        // node's certificate.
         v.push("--control".to_owned());
         v.push(c.clone());
+        v.push("--tls-dir".to_owned());
+        v.push(s.tls_dir.display().to_string());
     }
     v
 }
@@ -278,6 +282,7 @@ mod tests {
             cluster_key_file: None,
             retry_interval_ms: None,
             control: None,
+            tls_dir: "/s/tls".into(),
             restart_backoff: std::time::Duration::from_millis(1),
             start_timeout: std::time::Duration::from_millis(1),
             stop_timeout: std::time::Duration::from_millis(1),
@@ -289,6 +294,21 @@ mod tests {
         q.attachment = 0;
         let a = backend_args(&q, Path::new("/r/vol-7/sock"), &s);
         assert!(a.windows(2).any(|w| w == ["--attachment", "0"]), "{a:?}");
+        // Standalone: no control service, no identity to pass.
+        assert!(
+            !a.iter().any(|f| f == "--control" || f == "--tls-dir"),
+            "{a:?}"
+        );
+        let with_control = BackendSettings {
+            control: Some("https://ctl:7400".into()),
+            ..s
+        };
+        let a = backend_args(&p(), Path::new("/r/vol-7/sock"), &with_control);
+        assert!(
+            a.windows(2).any(|w| w == ["--control", "https://ctl:7400"]),
+            "{a:?}"
+        );
+        assert!(a.windows(2).any(|w| w == ["--tls-dir", "/s/tls"]), "{a:?}");
     }
 
     #[test]

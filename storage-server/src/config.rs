@@ -10,7 +10,9 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Args {
-    /// Unique id of this server in the cluster.
+    /// Unique id of this server in the cluster: a DNS label (1-63 lowercase
+    /// letters, digits and '-'), as it names the server in its certificate
+    /// (`<id>.storage.basalt`).
     #[arg(long, env = "BASALT_SERVER_ID")]
     pub server_id: String,
     /// Directory holding the copies (created if missing).
@@ -79,10 +81,27 @@ pub struct Args {
     /// file (atomically), so supervisors can wait for it and learn the ports.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
-    /// Control service to register with and send heartbeats to, e.g.
-    /// http://127.0.0.1:7400. Without it the server is managed by hand.
+    /// Control service to register with and send heartbeats to, as
+    /// HOST:PORT (or http:// / https://HOST:PORT; always over TLS), e.g.
+    /// 127.0.0.1:7400. Without it the server is managed by hand.
     #[arg(long, env = "BASALT_CONTROL")]
     pub control: Option<String>,
+    /// Directory holding this server's identity: the cluster CA (`ca.crt`),
+    /// its certificate (`tls.crt`) and key (`tls.key`, owner-only). Filled
+    /// by joining with --join-token-file (default: `<data-dir>/tls`).
+    #[arg(long, env = "BASALT_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// One-time join token (from `basalt token create --role storage --id
+    /// <server-id>`), used when --tls-dir holds no valid certificate: the
+    /// server joins the cluster at --control and stores the certificate it
+    /// gets in --tls-dir. The file must be owner-only.
+    #[arg(long, env = "BASALT_JOIN_TOKEN_FILE", value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// The cluster CA certificate (the control service's `tls/ca.crt`), to
+    /// verify the control service when joining (default: `ca.crt` in
+    /// --tls-dir).
+    #[arg(long, env = "BASALT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Failure-domain label (zone or rack) used by placement.
     #[arg(long, default_value = "")]
     pub zone: String,
@@ -98,7 +117,7 @@ pub struct Args {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--server-id must be 1..=64 characters of [A-Za-z0-9._-], got {0:?}")]
+    #[error("--server-id {0:?} is not a valid server id: use 1-63 lowercase letters, digits and '-', not starting or ending with '-' (it names the server in its certificate, <id>.storage.basalt)")]
     ServerId(String),
     #[error("cannot read cluster key file {path}: {source}")]
     KeyFile {
@@ -148,14 +167,17 @@ pub struct ServerConfig {
     pub zone: String,
     pub advertise: Option<SocketAddr>,
     pub advertise_admin: Option<SocketAddr>,
+    /// This server's identity (`--tls-dir`, default `<data-dir>/tls`).
+    pub tls_dir: PathBuf,
+    /// One-time join token, when the server has no certificate yet.
+    pub join_token_file: Option<PathBuf>,
+    /// The cluster CA certificate, to verify the control service when joining.
+    pub ca_file: Option<PathBuf>,
 }
 
+/// Server ids are DNS labels: they name the server in its certificate.
 pub fn valid_server_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    basalt_auth::valid_id(id)
 }
 
 impl TryFrom<Args> for ServerConfig {
@@ -212,6 +234,7 @@ impl TryFrom<Args> for ServerConfig {
             })?,
             None => Vec::new(),
         };
+        let tls_dir = a.tls_dir.unwrap_or_else(|| a.data_dir.join("tls"));
         Ok(ServerConfig {
             server_id: a.server_id,
             data_dir: a.data_dir,
@@ -231,6 +254,9 @@ impl TryFrom<Args> for ServerConfig {
             zone: a.zone,
             advertise: a.advertise,
             advertise_admin: a.advertise_admin,
+            tls_dir,
+            join_token_file: a.join_token_file,
+            ca_file: a.ca_file,
         })
     }
 }
@@ -277,5 +303,62 @@ mod tests {
         for bad in ["--peer-timeout-ms", "--handshake-timeout-ms"] {
             assert!(matches!(parse(&[bad, "0"]), Err(ConfigError::ZeroTimer(f)) if f == bad));
         }
+    }
+
+    fn with_id(id: &str) -> Result<ServerConfig, ConfigError> {
+        let id = format!("--server-id={id}");
+        let argv = ["basalt-storage", &id, "--data-dir", "/tmp/x"];
+        ServerConfig::try_from(Args::try_parse_from(argv).expect("flags parse"))
+    }
+
+    #[test]
+    fn a_server_id_must_be_a_dns_label() {
+        for good in ["s1", "storage-7", "0", &"a".repeat(63)] {
+            assert_eq!(with_id(good).unwrap().server_id, good);
+        }
+        for bad in [
+            "",
+            "S1",
+            "s_1",
+            "s.1",
+            "-s1",
+            "s1-",
+            "s 1",
+            "sé",
+            &"a".repeat(64),
+        ] {
+            let e = with_id(bad).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::ServerId(id) if id == bad),
+                "{bad:?}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("--server-id") && msg.contains("lowercase"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_flags_default_to_the_data_dir() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.tls_dir, PathBuf::from("/tmp/x/tls"));
+        assert_eq!((c.join_token_file, c.ca_file), (None, None));
+        let c = parse(&[
+            "--tls-dir",
+            "/etc/basalt/tls",
+            "--join-token-file",
+            "/etc/basalt/join.token",
+            "--ca-file",
+            "/etc/basalt/ca.crt",
+        ])
+        .unwrap();
+        assert_eq!(c.tls_dir, PathBuf::from("/etc/basalt/tls"));
+        assert_eq!(
+            c.join_token_file,
+            Some(PathBuf::from("/etc/basalt/join.token"))
+        );
+        assert_eq!(c.ca_file, Some(PathBuf::from("/etc/basalt/ca.crt")));
     }
 }

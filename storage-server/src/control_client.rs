@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use basalt_proto::control as pb;
 use basalt_proto::control::control_client::ControlClient;
+use tonic::transport::Endpoint;
 
 pub struct Registration {
+    /// The control service address as given (for logs).
     pub control_url: String,
+    /// The control service, over mutual TLS as this server (see
+    /// [`basalt_auth::endpoint`]).
+    pub endpoint: Endpoint,
     pub server_id: String,
     pub zone: String,
     pub data_address: String,
@@ -25,7 +30,7 @@ pub async fn run(reg: Registration) {
             Err(e) => {
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(control = %reg.control_url, attempts = failures, "control service unreachable: {e}");
+                    tracing::warn!(control = %reg.control_url, attempts = failures, "control service unreachable: {e:#}");
                 }
             }
         }
@@ -34,7 +39,7 @@ pub async fn run(reg: Registration) {
 }
 
 async fn session(reg: &Registration) -> anyhow::Result<()> {
-    let mut client = ControlClient::connect(reg.control_url.clone()).await?;
+    let mut client = ControlClient::new(reg.endpoint.connect().await?);
     let (capacity_bytes, free_bytes) = crate::admin::disk_space(&reg.data_dir);
     let server = pb::StorageServer {
         server_id: reg.server_id.clone(),

@@ -2,6 +2,8 @@
 //! (`ReportUnreachable`); every other call is answered Unimplemented. Used
 //! by the storage server's and the backend's tests to check what the data
 //! path reports and how it uses the answer, without a whole control plane.
+//! It serves over TLS with the control service's credentials (e.g.
+//! `TestPki::control()` of the PKI the clients' certificates come from).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,13 +82,34 @@ reports_only! {
     get_snapshot_block(pb::GetSnapshotBlockRequest) -> pb::GetSnapshotBlockResponse;
     write_volume_block(pb::WriteVolumeBlockRequest) -> pb::WriteVolumeBlockResponse;
     read_volume_block(pb::ReadVolumeBlockRequest) -> pb::ReadVolumeBlockResponse;
+    create_join_token(pb::CreateJoinTokenRequest) -> pb::CreateJoinTokenResponse;
+    join(pb::JoinRequest) -> pb::JoinResponse;
+    revoke_identity(pb::RevokeIdentityRequest) -> pb::RevokeIdentityResponse;
 }
 
-/// Serves `handler` on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, handler: ReportHandler) {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let _ = tonic::transport::Server::builder()
-        .add_service(ReportsOnly::new(handler))
-        .serve_with_incoming(incoming)
-        .await;
+/// Serves `handler` on `listener` over TLS as `creds` (the control
+/// service's credentials: clients check its name, `control.basalt`, against
+/// the CA) until the runtime stops. Client certificates are verified
+/// against the same CA when presented. The future borrows nothing, so it
+/// can be spawned.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    creds: &basalt_auth::Credentials,
+    handler: ReportHandler,
+) -> impl Future<Output = ()> + Send + 'static {
+    let tls = creds.server_tls();
+    async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let mut server = match tonic::transport::Server::builder().tls_config(tls) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("fake control: bad TLS credentials: {e}");
+                return;
+            }
+        };
+        let _ = server
+            .add_service(ReportsOnly::new(handler))
+            .serve_with_incoming(incoming)
+            .await;
+    }
 }

@@ -1,5 +1,6 @@
 //! Basalt storage server: holds primary and mirror copies of volumes, serves
-//! the binary data plane (see `proto/WIRE.md`) and an admin gRPC API.
+//! the binary data plane (see `proto/WIRE.md`) and an admin gRPC API (over
+//! mutual TLS, for the control service only: see [`admin_policy`]).
 
 pub mod admin;
 pub mod config;
@@ -24,8 +25,11 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
 use anyhow::Context;
+use basalt_auth::{Access, AuthLayer, Credentials, JoinSettings, Policy, Principal, Role};
 use basalt_proto::storage_admin::storage_admin_server::StorageAdminServer;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::transport::Endpoint;
 
 pub use config::{Args, ServerConfig};
 
@@ -38,7 +42,39 @@ pub struct Bound {
     store: Arc<store::Store>,
     connections: Arc<dataplane::Connections>,
     config: ServerConfig,
+    /// This server's identity (admin server, control client).
+    creds: Credentials,
+    /// The control service, over mutual TLS (with `--control`).
+    control: Option<Endpoint>,
     _lock: std::fs::File,
+}
+
+/// Who may call the admin API: every `StorageAdmin` method is the control
+/// service's alone; anything else is refused.
+pub fn admin_policy() -> Policy {
+    Arc::new(|path: &str| {
+        let service = StorageAdminServer::<admin::AdminService>::NAME;
+        path.strip_prefix('/')
+            .and_then(|p| p.strip_prefix(service))
+            .and_then(|p| p.strip_prefix('/'))
+            .filter(|method| !method.is_empty() && !method.contains('/'))
+            .map(|_| Access::Roles(&[Role::Control]))
+    })
+}
+
+/// This server's credentials: those in `--tls-dir` if they are valid and
+/// name it, otherwise a certificate obtained by joining the cluster with
+/// `--join-token-file` (stored in `--tls-dir`).
+async fn credentials(config: &ServerConfig) -> anyhow::Result<Credentials> {
+    let principal = Principal::new(Role::Storage, &config.server_id)?;
+    let settings = JoinSettings {
+        tls_dir: config.tls_dir.clone(),
+        principal,
+        control: config.control.clone(),
+        token_file: config.join_token_file.clone(),
+        ca_file: config.ca_file.clone(),
+    };
+    Ok(basalt_auth::obtain(&settings).await?)
 }
 
 /// Takes an exclusive lock on the data directory so two servers never share it.
@@ -91,8 +127,20 @@ pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
         sync_timeout: config.peer_timeout,
         queue_bytes: config.mirror_queue,
     };
+    let creds = credentials(&config).await?;
+    let to_control = || creds.client_tls(&Principal::control());
     let reporter = match &config.control {
-        Some(url) => Some(Arc::new(report::Reporter::new(url, &config.server_id)?)),
+        Some(url) => Some(Arc::new(report::Reporter::new(
+            url,
+            &config.server_id,
+            to_control(),
+        )?)),
+        None => None,
+    };
+    let control = match &config.control {
+        Some(url) => Some(basalt_auth::endpoint(url, to_control()).with_context(|| {
+            format!("invalid --control address {url:?}; use HOST:PORT (or http://HOST:PORT, https://HOST:PORT: always over TLS)")
+        })?),
         None => None,
     };
     let store = Arc::new(
@@ -112,6 +160,8 @@ pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
         store,
         connections: Arc::new(dataplane::Connections::new(config.max_connections)),
         config,
+        creds,
+        control,
         _lock: lock,
     })
 }
@@ -122,6 +172,13 @@ impl Bound {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // The admin API: mutual TLS, every method for the control service
+        // only. Configured before anything starts, so a failure leaves
+        // nothing running.
+        let mut admin_server = tonic::transport::Server::builder()
+            .tls_config(self.creds.server_tls())
+            .context("cannot configure TLS for the admin server")?
+            .layer(AuthLayer::certificates(admin_policy()));
         let ctx = Arc::new(dataplane::DataCtx {
             store: self.store.clone(),
             cluster_key: self.config.cluster_key.clone(),
@@ -139,10 +196,12 @@ impl Bound {
             data_dir: self.config.data_dir.clone(),
         };
         tracing::info!(server = %self.config.server_id, data = %self.data_addr, admin = %self.admin_addr, copies = self.store.list().len(), "basalt-storage ready");
-        let registration = self.config.control.clone().map(|control_url| {
+        let control = self.config.control.clone().zip(self.control.clone());
+        let registration = control.map(|(control_url, endpoint)| {
             let data = self.config.advertise.unwrap_or(self.data_addr);
             tokio::spawn(control_client::run(control_client::Registration {
                 control_url,
+                endpoint,
                 server_id: self.config.server_id.clone(),
                 zone: self.config.zone.clone(),
                 data_address: data.to_string(),
@@ -158,7 +217,7 @@ impl Bound {
             write_ready_file(path, self.data_addr, self.admin_addr)?;
         }
         let incoming = tokio_stream_from(self.admin);
-        let r = tonic::transport::Server::builder()
+        let r = admin_server
             .add_service(StorageAdminServer::new(svc))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

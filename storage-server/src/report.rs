@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use basalt_proto::control as pb;
 use basalt_proto::control::control_client::ControlClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::copy::Copy;
 use crate::meta::{PeerMeta, Role};
@@ -37,10 +37,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("invalid --control URL {url:?} ({source}); use the form http://HOST:PORT")]
+    #[error("invalid --control address {url:?} ({source}); use the form HOST:PORT (or http://HOST:PORT, https://HOST:PORT: always over TLS)")]
     Url {
         url: String,
-        source: tonic::transport::Error,
+        source: basalt_auth::FilesError,
     },
 }
 
@@ -51,14 +51,16 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter for the control service at `url`; connects lazily, so the
-    /// control service need not be up yet.
-    pub fn new(url: &str, server_id: &str) -> Result<Reporter, ReportError> {
-        let endpoint =
-            Endpoint::from_shared(url.to_owned()).map_err(|source| ReportError::Url {
-                url: url.to_owned(),
-                source,
-            })?;
+    /// A reporter for the control service at `url` (`HOST:PORT`,
+    /// `http://HOST:PORT` or `https://HOST:PORT`; always over TLS with
+    /// `tls`, which presents this server's certificate and checks the
+    /// control service's); connects lazily, so the control service need not
+    /// be up yet.
+    pub fn new(url: &str, server_id: &str, tls: ClientTlsConfig) -> Result<Reporter, ReportError> {
+        let endpoint = basalt_auth::endpoint(url, tls).map_err(|source| ReportError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
         let channel = endpoint
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)

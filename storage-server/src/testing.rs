@@ -1,22 +1,39 @@
 //! An in-process storage server for tests of other crates: the real server
 //! (same code as the binary) on its own runtime thread, bound to loopback
 //! ports chosen by the kernel.
+//!
+//! Its identity comes from a test CA ([`TestPki`]): [`Options::pki`], or the
+//! process-wide [`shared_pki`]. A test that calls its admin API connects as
+//! the control service of that CA ([`LocalServer::admin_endpoint`]); a fake
+//! control service it reports to serves with that CA's control credentials
+//! (`LocalServer::pki().control()`).
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+pub use basalt_auth::testing::TestPki;
+use basalt_auth::{Credentials, Principal};
+use tonic::transport::Endpoint;
 
 use crate::meta::{PeerMeta, Role};
 use crate::store::{Layout, Store};
 use crate::ServerConfig;
 
+/// The test CA of every [`LocalServer`] started without [`Options::pki`]
+/// in this process.
+pub fn shared_pki() -> Arc<TestPki> {
+    static PKI: OnceLock<Arc<TestPki>> = OnceLock::new();
+    PKI.get_or_init(|| Arc::new(TestPki::new())).clone()
+}
+
 pub struct LocalServer {
     pub server_id: String,
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pki: Arc<TestPki>,
     store: Arc<Store>,
     connections: Arc<crate::dataplane::Connections>,
     handle: tokio::runtime::Handle,
@@ -25,10 +42,15 @@ pub struct LocalServer {
 }
 
 /// Settings of a [`LocalServer`] that tests may change.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
-    /// Control service URL (registration, heartbeats, failure reports).
+    /// Control service URL (registration, heartbeats, failure reports). A
+    /// fake control service there must serve with `pki`'s control
+    /// credentials.
     pub control: Option<String>,
+    /// The CA that issues the server's certificate (installed in
+    /// `<dir>/tls`); None: [`shared_pki`].
+    pub pki: Option<Arc<TestPki>>,
     /// `--mirror-timeout-ms`.
     pub mirror_timeout: Duration,
     /// `--mirror-sync-timeout-ms` (None: the same as `mirror_timeout`).
@@ -48,10 +70,28 @@ pub struct Options {
     pub mirror_queue: usize,
 }
 
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("control", &self.control)
+            .field("pki", &self.pki.as_ref().map(|_| "TestPki"))
+            .field("mirror_timeout", &self.mirror_timeout)
+            .field("mirror_sync_timeout", &self.mirror_sync_timeout)
+            .field("listen", &self.listen)
+            .field("max_connections", &self.max_connections)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("peer_timeout", &self.peer_timeout)
+            .field("response_budget", &self.response_budget)
+            .field("mirror_queue", &self.mirror_queue)
+            .finish()
+    }
+}
+
 impl Default for Options {
     fn default() -> Options {
         Options {
             control: None,
+            pki: None,
             mirror_timeout: Duration::from_secs(2),
             mirror_sync_timeout: None,
             listen: None,
@@ -72,6 +112,12 @@ impl LocalServer {
 
     /// Starts a server with data under `dir` and the given options.
     pub fn start_with(dir: &Path, server_id: &str, o: Options) -> anyhow::Result<LocalServer> {
+        let pki = o.pki.clone().unwrap_or_else(shared_pki);
+        let tls_dir = dir.join("tls");
+        let principal = Principal::new(basalt_auth::Role::Storage, server_id)?;
+        pki.issue(principal.role, &principal.id)
+            .save(&tls_dir)
+            .context("cannot install the test server's credentials")?;
         let config = ServerConfig {
             server_id: server_id.to_owned(),
             data_dir: dir.to_path_buf(),
@@ -91,6 +137,9 @@ impl LocalServer {
             zone: String::new(),
             advertise: None,
             advertise_admin: None,
+            tls_dir,
+            join_token_file: None,
+            ca_file: None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -120,12 +169,42 @@ impl LocalServer {
             server_id: server_id.to_owned(),
             data_addr,
             admin_addr,
+            pki,
             store,
             connections,
             handle,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// The test CA that issued this server's certificate: its
+    /// `control()` credentials may call the admin API, and are the ones a
+    /// fake control service this server reports to must serve with.
+    pub fn pki(&self) -> &Arc<TestPki> {
+        &self.pki
+    }
+
+    /// The principal this server's certificate names (`<id>.storage.basalt`).
+    pub fn principal(&self) -> Principal {
+        Principal::new(basalt_auth::Role::Storage, &self.server_id)
+            .expect("a started server has a valid id")
+    }
+
+    /// The admin API endpoint, over mutual TLS as `creds` (checking that
+    /// the server is this one).
+    pub fn admin_endpoint_as(&self, creds: &Credentials) -> Endpoint {
+        basalt_auth::endpoint(
+            &self.admin_addr.to_string(),
+            creds.client_tls(&self.principal()),
+        )
+        .expect("a socket address is a valid endpoint")
+    }
+
+    /// The admin API endpoint, as the control service (the only caller the
+    /// admin API accepts).
+    pub fn admin_endpoint(&self) -> Endpoint {
+        self.admin_endpoint_as(&self.pki.control())
     }
 
     /// The server's copies, for tests that drive them directly.

@@ -120,16 +120,15 @@ fn counters(s: &LocalServer) -> (u64, u64) {
     )
 }
 
-/// Describes the copy over the admin API.
-fn describe(admin: SocketAddr) -> basalt_proto::storage_admin::CopyInfo {
+/// Describes the copy over the admin API (as the control service).
+fn describe(server: &LocalServer) -> basalt_proto::storage_admin::CopyInfo {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let endpoint = server.admin_endpoint();
     rt.block_on(async {
-        let mut c = StorageAdminClient::connect(format!("http://{admin}"))
-            .await
-            .unwrap();
+        let mut c = StorageAdminClient::new(endpoint.connect().await.unwrap());
         c.describe_copy(DescribeCopyRequest { volume_id: VOL })
             .await
             .unwrap()
@@ -146,7 +145,7 @@ fn a_removed_mirror_rejoins_with_only_the_regions_written_meanwhile() {
     // Control removes the mirror from the in-sync set.
     p.set_layout(VOL, primary_layout(2, vec![], vec![]))
         .unwrap();
-    let info = describe(p.admin_addr);
+    let info = describe(&p);
     assert_eq!(info.tracking, vec!["s-mirror"]);
 
     // Written while the mirror is away: three small writes (one straddles
@@ -185,7 +184,7 @@ fn a_removed_mirror_rejoins_with_only_the_regions_written_meanwhile() {
     )
     .unwrap();
     wait_synced(&p, "s-mirror");
-    let info = describe(p.admin_addr);
+    let info = describe(&p);
     assert_eq!(info.synced, vec!["s-mirror"]);
     assert!(
         info.layout.unwrap().syncing[0].delta,
@@ -210,7 +209,7 @@ fn a_removed_mirror_rejoins_with_only_the_regions_written_meanwhile() {
         primary_layout(4, vec![peer("s-mirror", m.data_addr, false)], vec![]),
     )
     .unwrap();
-    assert!(describe(p.admin_addr).tracking.is_empty());
+    assert!(describe(&p).tracking.is_empty());
     assert_eq!(c.op(Opcode::Write, 4, 0, 4096, &[0xa4; 4096]), Status::Ok);
     assert_eq!(c.op(Opcode::Flush, 4, 0, 0, &[]), Status::Ok);
     assert_identical(&p, &m);

@@ -21,7 +21,7 @@ use basalt_storage::fake_control;
 use basalt_storage::frames::{accept_hello, read_frame};
 use basalt_storage::meta::Role;
 use basalt_storage::store::Layout;
-use basalt_storage::testing::{LocalServer, Options};
+use basalt_storage::testing::{LocalServer, Options, TestPki};
 use common::{wait_until, Client, SIZE, VOL};
 use tokio::io::AsyncWriteExt;
 
@@ -506,6 +506,8 @@ fn mirror_hanging_on(hang: Hang) {
         .unwrap();
     let primary_slot: Arc<Mutex<Option<Arc<LocalServer>>>> = Arc::default();
     let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    // The fake control service and the primary share one CA.
+    let pki = Arc::new(TestPki::new());
     let control_addr: SocketAddr = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -539,7 +541,7 @@ fn mirror_hanging_on(hang: Hang) {
                 }))
             })
         });
-        tokio::spawn(fake_control::serve(l, handler));
+        tokio::spawn(fake_control::serve(l, &pki.control(), handler));
         addr
     });
     let mirror_addr: SocketAddr = rt.block_on(async {
@@ -554,7 +556,8 @@ fn mirror_hanging_on(hang: Hang) {
         dir.path(),
         "s-primary",
         Options {
-            control: Some(format!("http://{control_addr}")),
+            control: Some(control_addr.to_string()),
+            pki: Some(pki.clone()),
             mirror_timeout,
             ..Options::default()
         },

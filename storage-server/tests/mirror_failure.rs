@@ -14,7 +14,7 @@ use basalt_proto::wire::{Opcode, PeerRole, Status};
 use basalt_storage::fake_control;
 use basalt_storage::meta::Role;
 use basalt_storage::store::Layout;
-use basalt_storage::testing::{LocalServer, Options};
+use basalt_storage::testing::{LocalServer, Options, TestPki};
 use common::{Client, SIZE, VOL};
 use tokio::sync::mpsc;
 use tonic::Response;
@@ -107,6 +107,8 @@ fn a_hung_mirror_is_cut_off_at_once_and_reported_until_removed() {
         .unwrap();
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let primary_slot = Arc::new(Mutex::new(None));
+    // The fake control service and the primary share one CA.
+    let pki = Arc::new(TestPki::new());
     let control_addr: SocketAddr = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -119,7 +121,7 @@ fn a_hung_mirror_is_cut_off_at_once_and_reported_until_removed() {
             let svc = svc.clone();
             Box::pin(async move { svc.report(r).await })
         });
-        tokio::spawn(fake_control::serve(l, handler));
+        tokio::spawn(fake_control::serve(l, &pki.control(), handler));
         addr
     });
     let mirror_addr: SocketAddr = rt.block_on(async {
@@ -137,6 +139,7 @@ fn a_hung_mirror_is_cut_off_at_once_and_reported_until_removed() {
             "s-primary",
             Options {
                 control: Some(format!("http://{control_addr}")),
+                pki: Some(pki.clone()),
                 mirror_timeout: timeout,
                 ..Options::default()
             },

@@ -1,19 +1,39 @@
 //! A local Basalt data path made of real processes: storage servers on
 //! loopback, volumes created through their admin gRPC API, and a
 //! `basalt-vhost-blk` backend serving a vhost-user socket.
+//!
+//! There is no control service: every identity comes from one test CA per
+//! test process, [`test_pki`]. Storage servers get their certificates in
+//! `<data-dir>/tls`; the admin API is called as the control service of that
+//! CA ([`Admin::connect`]); a backend given `--control` gets a node
+//! manager's certificate ([`BackendProc::start`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use basalt_auth::testing::TestPki;
+use basalt_auth::{Credentials, Principal, Role};
 use basalt_proto::storage_admin as pb;
 use basalt_proto::storage_admin::storage_admin_client::StorageAdminClient;
 
 use crate::procs::{bin, wait_for, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The test CA of every process these helpers start (one per test
+/// process): it issues the storage servers' and backends' certificates
+/// and the control credentials [`Admin`] calls with.
+pub fn test_pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(TestPki::new)
+}
+
+/// The node id whose certificate backends started with `--control` present.
+pub const BACKEND_NODE_ID: &str = "e2e-node";
 
 /// One `basalt-storage` process.
 pub struct StorageProc {
@@ -46,6 +66,11 @@ impl StorageProc {
         admin: SocketAddr,
     ) -> Result<(Proc, SocketAddr, SocketAddr)> {
         std::fs::create_dir_all(dir)?;
+        // Its identity, where it looks by default (`<data-dir>/tls`).
+        test_pki()
+            .issue(Role::Storage, id)
+            .save(&dir.join("data").join("tls"))
+            .with_context(|| format!("installing the credentials of storage server {id}"))?;
         let ready = dir.join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(bin("basalt-storage")?);
@@ -101,23 +126,41 @@ impl StorageProc {
     }
 
     pub fn admin(&self) -> Result<Admin> {
-        Admin::connect(self.admin)
+        Admin::connect(self.admin, &self.id)
     }
 }
 
-/// Blocking client of a storage server's admin API.
+/// Blocking client of a storage server's admin API, over mutual TLS as the
+/// control service (the only caller the admin API accepts).
 pub struct Admin {
     rt: tokio::runtime::Runtime,
     client: StorageAdminClient<tonic::transport::Channel>,
 }
 
 impl Admin {
-    pub fn connect(addr: SocketAddr) -> Result<Admin> {
+    /// Connects to storage server `server_id` at `addr` (one started by
+    /// [`StorageProc`]) as the control service of [`test_pki`].
+    pub fn connect(addr: SocketAddr, server_id: &str) -> Result<Admin> {
+        Self::connect_with(addr, server_id, &test_pki().control())
+    }
+
+    /// Connects to storage server `server_id` at `addr` presenting `creds`
+    /// (e.g. a managed cluster's control credentials, loaded with
+    /// [`Credentials::load`] from the control service's tls directory);
+    /// the server must prove it is `server_id` under the same CA.
+    pub fn connect_with(addr: SocketAddr, server_id: &str, creds: &Credentials) -> Result<Admin> {
+        let server = Principal::new(Role::Storage, server_id)?;
+        let endpoint = basalt_auth::endpoint(&addr.to_string(), creds.client_tls(&server))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let client = rt.block_on(StorageAdminClient::connect(format!("http://{addr}")))?;
-        Ok(Admin { rt, client })
+        let channel = rt
+            .block_on(endpoint.connect())
+            .with_context(|| format!("connecting to the admin API of {server_id} at {addr}"))?;
+        Ok(Admin {
+            rt,
+            client: StorageAdminClient::new(channel),
+        })
     }
 
     pub fn create_copy(
@@ -216,11 +259,27 @@ pub struct BackendOpts<'a> {
 }
 
 impl BackendProc {
-    /// Starts a backend listening on `dir/vol-<id>.sock` and waits for the socket.
+    /// Starts a backend listening on `dir/vol-<id>.sock` and waits for the
+    /// socket. With `--control` in `o.extra` (and no `--tls-dir`), it gets
+    /// the certificate of node [`BACKEND_NODE_ID`] from [`test_pki`] in
+    /// `dir/node-tls`, as a node manager's backend would.
     pub fn start(dir: &Path, o: &BackendOpts<'_>) -> Result<BackendProc> {
         let socket = dir.join(format!("vol-{}.sock", o.volume_id));
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new(bin("basalt-vhost-blk")?);
+        let flag = |name: &str| {
+            o.extra
+                .iter()
+                .any(|a| *a == name || a.starts_with(&format!("{name}=")))
+        };
+        if flag("--control") && !flag("--tls-dir") {
+            let tls = dir.join("node-tls");
+            test_pki()
+                .issue(Role::Node, BACKEND_NODE_ID)
+                .save(&tls)
+                .context("installing the backend's node credentials")?;
+            cmd.arg("--tls-dir").arg(tls);
+        }
         cmd.arg("--socket")
             .arg(&socket)
             .args(["--volume-id", &o.volume_id.to_string()])

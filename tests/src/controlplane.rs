@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use basalt_cli::auth::{connect_with, Access, Client};
 use basalt_proto::control as pb;
-use basalt_proto::control::control_client::ControlClient;
 
 use crate::faultproxy::FaultProxy;
 use crate::procs::{bin, wait_for, Proc};
@@ -62,7 +62,72 @@ pub struct ManagedCluster {
 
 impl ManagedCluster {
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.base)
+        format!("https://127.0.0.1:{}", self.base)
+    }
+
+    /// The cluster CA certificate, written by `basalt-control --bootstrap`.
+    pub fn ca_file(&self) -> PathBuf {
+        Self::ca_file_in(&self.root)
+    }
+
+    fn ca_file_in(root: &Path) -> PathBuf {
+        root.join("control").join("tls").join("ca.crt")
+    }
+
+    /// The admin API token file written by `--bootstrap`.
+    pub fn admin_token_file(&self) -> PathBuf {
+        Self::token_file_in(&self.root)
+    }
+
+    fn token_file_in(root: &Path) -> PathBuf {
+        root.join("control").join("admin.token")
+    }
+
+    fn access_in(root: &Path) -> Result<Access> {
+        let token = basalt_auth::read_token(&Self::token_file_in(root))?;
+        Access::new(&Self::ca_file_in(root), token)
+    }
+
+    /// The admin's access (CA and token).
+    pub fn access(&self) -> Result<Access> {
+        Self::access_in(&self.root)
+    }
+
+    /// The flags with which a storage server or node manager gets its
+    /// certificate: none when `tls_dir` has one, else a fresh one-time join
+    /// token (made through the API, as an operator would).
+    fn join_args_in(
+        rt: &tokio::runtime::Runtime,
+        root: &Path,
+        base: u16,
+        role: &str,
+        id: &str,
+        tls_dir: &Path,
+    ) -> Result<Vec<String>> {
+        if tls_dir.join(basalt_auth::files::CERT).exists() {
+            return Ok(Vec::new());
+        }
+        let access = Self::access_in(root)?;
+        let t = rt.block_on(async {
+            let mut c = connect_with(&format!("127.0.0.1:{base}"), &access).await?;
+            anyhow::Ok(
+                c.create_join_token(pb::CreateJoinTokenRequest {
+                    role: role.into(),
+                    id: id.into(),
+                    ttl_secs: 600,
+                })
+                .await?
+                .into_inner(),
+            )
+        })?;
+        let file = tls_dir.with_file_name("join.token");
+        basalt_auth::files::write(&file, &format!("{}\n", t.token), 0o600)?;
+        Ok(vec![
+            "--join-token-file".into(),
+            file.display().to_string(),
+            "--ca-file".into(),
+            Self::ca_file_in(root).display().to_string(),
+        ])
     }
 
     fn start_control(root: &Path, base: u16, args: &[String]) -> Result<Proc> {
@@ -78,7 +143,8 @@ impl ManagedCluster {
         let mut cmd = Command::new(bin("basalt-control")?);
         cmd.envs(env.iter().copied());
         cmd.args(args);
-        cmd.args(["--listen", &format!("127.0.0.1:{base}"), "--state-dir"])
+        cmd.args(["--listen", &format!("127.0.0.1:{base}"), "--bootstrap"])
+            .arg("--state-dir")
             .arg(root.join("control"))
             .args([
                 "--heartbeat-interval-ms",
@@ -105,9 +171,18 @@ impl ManagedCluster {
         base + 10 + 2 * i as u16
     }
 
-    fn start_server(root: &Path, base: u16, i: usize, px: Option<&ServerProxies>) -> Result<Proc> {
+    fn start_server(
+        rt: &tokio::runtime::Runtime,
+        root: &Path,
+        base: u16,
+        i: usize,
+        px: Option<&ServerProxies>,
+    ) -> Result<Proc> {
         let id = Self::server_id(i);
+        let data_dir = root.join("storage").join(&id);
+        let join = Self::join_args_in(rt, root, base, "storage", &id, &data_dir.join("tls"))?;
         let mut cmd = Command::new(bin("basalt-storage")?);
+        cmd.args(&join);
         let control = match px {
             Some(p) => format!("http://{}", p.control.addr()),
             None => format!("http://127.0.0.1:{base}"),
@@ -136,12 +211,21 @@ impl ManagedCluster {
         )
     }
 
-    fn start_node(root: &Path, base: u16) -> Result<Proc> {
-        Self::start_node_as(root, base, "node1", base + 1, &root.join("node"))
+    fn start_node(rt: &tokio::runtime::Runtime, root: &Path, base: u16) -> Result<Proc> {
+        Self::start_node_as(rt, root, base, "node1", base + 1, &root.join("node"))
     }
 
-    fn start_node_as(root: &Path, base: u16, id: &str, port: u16, state: &Path) -> Result<Proc> {
+    fn start_node_as(
+        rt: &tokio::runtime::Runtime,
+        root: &Path,
+        base: u16,
+        id: &str,
+        port: u16,
+        state: &Path,
+    ) -> Result<Proc> {
+        let join = Self::join_args_in(rt, root, base, "node", id, &state.join("tls"))?;
         let mut cmd = Command::new(bin("basalt-node")?);
+        cmd.args(&join);
         cmd.args(["--node-id", id, "--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--control",
@@ -164,6 +248,7 @@ impl ManagedCluster {
     /// sees it up.
     pub fn add_node2(&mut self) -> Result<Proc> {
         let mut p = Self::start_node_as(
+            &self.rt,
             &self.root,
             self.base,
             "node2",
@@ -171,10 +256,11 @@ impl ManagedCluster {
             &self.root.join("node2"),
         )?;
         let ep = self.endpoint();
+        let access = self.access()?;
         let rt = &self.rt;
         wait_for(&mut p, Duration::from_secs(30), || {
             rt.block_on(async {
-                let mut c = ControlClient::connect(ep.clone()).await.ok()?;
+                let mut c = connect_with(&ep, &access).await.ok()?;
                 nodes_up(&mut c)
                     .await?
                     .iter()
@@ -218,7 +304,17 @@ impl ManagedCluster {
         control_args: &[String],
     ) -> Result<ManagedCluster> {
         let base = free_ports(12 + 2 * servers as u16)?;
-        let control = Self::start_control(root, base, control_args)?;
+        let mut control = Self::start_control(root, base, control_args)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // The control service bootstraps the cluster identity, then listens.
+        wait_for(&mut control, Duration::from_secs(30), || {
+            let access = Self::access_in(root).ok()?;
+            rt.block_on(connect_with(&format!("127.0.0.1:{base}"), &access))
+                .ok()
+                .map(drop)
+        })?;
         let proxies = if proxied {
             (0..servers)
                 .map(|i| {
@@ -234,12 +330,9 @@ impl ManagedCluster {
             Vec::new()
         };
         let servers = (0..servers)
-            .map(|i| Self::start_server(root, base, i, proxies.get(i)))
+            .map(|i| Self::start_server(&rt, root, base, i, proxies.get(i)))
             .collect::<Result<Vec<_>>>()?;
-        let node = Self::start_node(root, base)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let node = Self::start_node(&rt, root, base)?;
         let mut c = ManagedCluster {
             root: root.to_path_buf(),
             base,
@@ -256,18 +349,20 @@ impl ManagedCluster {
 
     /// A client bound to [`ManagedCluster::rt`]: drive it with `self.rt.block_on`
     /// (its channel's background task runs on that runtime).
-    pub fn client(&self) -> Result<ControlClient<tonic::transport::Channel>> {
-        Ok(self.rt.block_on(ControlClient::connect(self.endpoint()))?)
+    pub fn client(&self) -> Result<Client> {
+        let access = self.access()?;
+        self.rt.block_on(connect_with(&self.endpoint(), &access))
     }
 
     /// Waits until every storage server and the node are UP.
     pub fn wait_ready(&mut self) -> Result<()> {
         let want = self.servers.len();
         let ep = self.endpoint();
+        let access = self.access()?;
         let rt = &self.rt;
         let check = || {
             rt.block_on(async {
-                let mut c = ControlClient::connect(ep.clone()).await.ok()?;
+                let mut c = connect_with(&ep, &access).await.ok()?;
                 let s = c
                     .list_storage_servers(pb::ListStorageServersRequest {})
                     .await
@@ -342,14 +437,15 @@ impl ManagedCluster {
     /// Starts storage server `i` again (after a kill) on the same data dir.
     pub fn restart_server(&mut self, i: usize) -> Result<()> {
         self.servers[i].kill9();
-        self.servers[i] = Self::start_server(&self.root, self.base, i, self.proxies.get(i))?;
+        self.servers[i] =
+            Self::start_server(&self.rt, &self.root, self.base, i, self.proxies.get(i))?;
         Ok(())
     }
 
     /// `kill -9` the node manager (its backends keep running) and start it again.
     pub fn restart_node(&mut self) -> Result<()> {
         self.node.kill9();
-        self.node = Self::start_node(&self.root, self.base)?;
+        self.node = Self::start_node(&self.rt, &self.root, self.base)?;
         self.wait_ready()
     }
 
@@ -358,6 +454,11 @@ impl ManagedCluster {
         let out = Command::new(bin("basalt")?)
             .arg("--control")
             .arg(self.endpoint())
+            .arg("--ca-file")
+            .arg(self.ca_file())
+            .arg("--token-file")
+            .arg(self.admin_token_file())
+            .env_remove("BASALT_TOKEN")
             .args(args)
             .output()
             .context("running basalt")?;
@@ -409,7 +510,7 @@ impl ManagedCluster {
 
 /// Ids of the node managers the control service sees up (None while it
 /// does not answer).
-async fn nodes_up(c: &mut ControlClient<tonic::transport::Channel>) -> Option<Vec<String>> {
+async fn nodes_up(c: &mut Client) -> Option<Vec<String>> {
     let nodes = c
         .list_nodes(pb::ListNodesRequest {})
         .await

@@ -206,6 +206,18 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     // The client's channel runs on the runtime that created it: use that one.
     let rt = &c.rt;
     let mut api = c.client().unwrap();
+    // Failure reports come from backends, which use their node manager's
+    // certificate.
+    let node1 = basalt_auth::Credentials::load(&c.root.join("node").join("tls")).unwrap();
+    let mut backend = rt
+        .block_on(async {
+            let ep = basalt_auth::endpoint(
+                &c.endpoint(),
+                node1.client_tls(&basalt_auth::Principal::control()),
+            )?;
+            anyhow::Ok(pb::control_client::ControlClient::new(ep.connect().await?))
+        })
+        .unwrap();
     let create = |name: &str, size: u64, copies: u32| pb::CreateVolumeRequest {
         name: name.into(),
         tenant: String::new(),
@@ -344,15 +356,15 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         r.map(|_| ()).unwrap_err().code()
     };
     assert_eq!(
-        rcode(rt.block_on(api.report_unreachable(report(0, 1, "")))),
+        rcode(rt.block_on(backend.report_unreachable(report(0, 1, "")))),
         tonic::Code::InvalidArgument
     );
     assert_eq!(
-        rcode(rt.block_on(api.report_unreachable(report(999, 1, "")))),
+        rcode(rt.block_on(backend.report_unreachable(report(999, 1, "")))),
         tonic::Code::NotFound
     );
     let future = rt
-        .block_on(api.report_unreachable(report(good.id, 99, "127.0.0.1:1")))
+        .block_on(backend.report_unreachable(report(good.id, 99, "127.0.0.1:1")))
         .unwrap_err();
     assert_eq!(future.code(), tonic::Code::InvalidArgument);
     assert!(
@@ -362,7 +374,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         "{future}"
     );
     let stranger = rt
-        .block_on(api.report_unreachable(report(good.id, 1, "127.0.0.1:1")))
+        .block_on(backend.report_unreachable(report(good.id, 1, "127.0.0.1:1")))
         .unwrap()
         .into_inner();
     assert_eq!(stranger.outcome, pb::ReportOutcome::Current as i32);
@@ -370,14 +382,14 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     // A mirror reported by someone who is not the primary stays.
     let mirror_addr = good.mirrors[0].address.clone();
     let not_primary = rt
-        .block_on(api.report_unreachable(report(good.id, 1, &mirror_addr)))
+        .block_on(backend.report_unreachable(report(good.id, 1, &mirror_addr)))
         .unwrap()
         .into_inner();
     assert_eq!(not_primary.outcome, pb::ReportOutcome::Current as i32);
     assert_eq!(not_primary.mirror_addresses, vec![mirror_addr]);
     // A live primary reported unreachable answers the control's probe: no failover.
     let alive = rt
-        .block_on(api.report_unreachable(report(
+        .block_on(backend.report_unreachable(report(
             good.id,
             1,
             &good.primary.as_ref().unwrap().address,
@@ -389,7 +401,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     // Only the attached backend may report the primary: a storage server
     // (attachment 0) gets the layout and nothing is probed.
     let server = rt
-        .block_on(api.report_unreachable(pb::ReportUnreachableRequest {
+        .block_on(backend.report_unreachable(pb::ReportUnreachableRequest {
             attachment: 0,
             ..report(good.id, 1, &good.primary.as_ref().unwrap().address)
         }))
@@ -410,7 +422,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     // with the current epoch.
     for epoch in [1, 2] {
         let fenced = rt
-            .block_on(api.report_unreachable(report(
+            .block_on(backend.report_unreachable(report(
                 good.id,
                 epoch,
                 &forced.primary.as_ref().unwrap().address,
@@ -462,17 +474,40 @@ fn basalt_up_starts_a_cluster_and_stops_it_cleanly() {
             .map(|_| ())
     })
     .unwrap();
-    let out = std::process::Command::new(bin("basalt").unwrap())
-        .args([
-            "--control",
-            &format!("http://127.0.0.1:{base}"),
-            "-o",
-            "json",
-            "server",
-            "list",
-        ])
-        .output()
-        .unwrap();
+    // With the settings `basalt up` prints: security is on by default.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let exports = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export "))
+        .expect("basalt up prints the CLI settings");
+    let env: Vec<(&str, &str)> = exports
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let state = root.path().join("state");
+    assert!(
+        env.contains(&(
+            "BASALT_CA_FILE",
+            state.join("control/tls/ca.crt").to_str().unwrap()
+        )),
+        "{exports}"
+    );
+    let basalt = |args: &[&str], with_env: bool| {
+        let mut cmd = std::process::Command::new(bin("basalt").unwrap());
+        cmd.env_remove("BASALT_TOKEN");
+        if with_env {
+            cmd.envs(env.iter().copied());
+        } else {
+            cmd.args(["--control", &format!("127.0.0.1:{base}")]);
+        }
+        cmd.args(args).output().unwrap()
+    };
+    let out = basalt(&["-o", "json", "server", "list"], true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let servers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         servers
@@ -482,6 +517,31 @@ fn basalt_up_starts_a_cluster_and_stops_it_cleanly() {
             .filter(|s| s["state"] == "UP")
             .count(),
         3
+    );
+    // Without the CA and token the CLI cannot even start a call; with the
+    // CA but a made-up token the control service refuses it.
+    let out = basalt(&["server", "list"], false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cluster CA"));
+    let fake = root.path().join("fake.token");
+    basalt_auth::files::write(&fake, &basalt_auth::token::generate(), 0o600).unwrap();
+    let ca = state.join("control/tls/ca.crt");
+    let out = basalt(
+        &[
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--token-file",
+            fake.to_str().unwrap(),
+            "server",
+            "list",
+        ],
+        false,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown or revoked token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         up.stop(Duration::from_secs(30)),

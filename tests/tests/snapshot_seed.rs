@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use basalt_auth::Credentials;
 use basalt_tests::blk::Blk;
 use basalt_tests::cluster::{assert_identical, Admin};
 use basalt_tests::controlplane::ManagedCluster;
@@ -19,7 +20,10 @@ fn resync_bytes(c: &ManagedCluster, server: &str, vol: u64) -> u64 {
         "127.0.0.1:{}",
         c.base + 11 + 2 * server_index(server) as u16
     );
-    let mut a = Admin::connect(addr.parse().unwrap()).unwrap();
+    // As the cluster's control service (its credentials, from its state
+    // directory): the only caller the admin API accepts.
+    let control = Credentials::load(&c.root.join("control").join("tls")).unwrap();
+    let mut a = Admin::connect_with(addr.parse().unwrap(), server, &control).unwrap();
     a.describe(vol).unwrap().resync_bytes
 }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use basalt_auth::Credentials;
 use basalt_proto::wire::SECTOR_SIZE;
 use clap::Parser;
 
@@ -68,11 +69,17 @@ pub struct Args {
     /// dealt with by its primary first.
     #[arg(long, default_value_t = 400)]
     pub request_timeout_ms: u64,
-    /// Control service URL (http://HOST:PORT): asked for a new layout when
-    /// the primary cannot be reached or refuses our epoch. Without it the
-    /// backend keeps retrying the layout it has.
-    #[arg(long, value_name = "URL")]
+    /// Control service address (HOST:PORT, or http://HOST:PORT or
+    /// https://HOST:PORT: always over TLS): asked for a new layout when the
+    /// primary cannot be reached or refuses our epoch. Needs --tls-dir.
+    /// Without it the backend keeps retrying the layout it has.
+    #[arg(long, value_name = "ADDR")]
     pub control: Option<String>,
+    /// Directory with the node's identity (`ca.crt`, `tls.crt`, `tls.key`:
+    /// the node manager's, which spawns this backend), presented to the
+    /// control service. Required with --control.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Timeout of one call to the control service.
     #[arg(long, default_value_t = 3000)]
     pub control_timeout_ms: u64,
@@ -108,6 +115,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub control: Option<String>,
+    /// The node's credentials (`--tls-dir`), for the control service;
+    /// always present with `control`.
+    pub credentials: Option<Credentials>,
     pub control_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_interval: Duration,
@@ -137,8 +147,26 @@ pub enum ConfigError {
     },
     #[error("--backend-id {0:?} must be 1..=64 bytes of UTF-8")]
     BackendId(String),
-    #[error("--control {0:?} is not an http:// URL; give the control service as http://HOST:PORT")]
+    #[error("--control {0:?} is not HOST:PORT; give the control service's address as HOST:PORT (or http://HOST:PORT, https://HOST:PORT: always over TLS)")]
     Control(String),
+    #[error("--control needs --tls-dir: the directory with the node's certificate (the node manager's tls directory), which the backend presents to the control service")]
+    NoTlsDir,
+    #[error("cannot load the credentials in --tls-dir {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        source: basalt_auth::FilesError,
+    },
+}
+
+/// `HOST:PORT` of a control service address given as `HOST:PORT`,
+/// `http://HOST:PORT` or `https://HOST:PORT` (see [`basalt_auth::endpoint`]).
+fn control_host_port(addr: &str) -> Option<&str> {
+    let rest = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .unwrap_or(addr)
+        .trim_end_matches('/');
+    (!rest.contains('/') && valid_host_port(rest)).then_some(rest)
 }
 
 fn valid_host_port(s: &str) -> bool {
@@ -189,11 +217,24 @@ impl TryFrom<Args> for Config {
             return Err(ConfigError::BackendId(backend_id));
         }
         if let Some(c) = &a.control {
-            let rest = c.strip_prefix("http://").unwrap_or("");
-            if !valid_host_port(rest.trim_end_matches('/')) {
+            if control_host_port(c).is_none() {
                 return Err(ConfigError::Control(c.clone()));
             }
+            if a.tls_dir.is_none() {
+                return Err(ConfigError::NoTlsDir);
+            }
         }
+        let credentials = match &a.tls_dir {
+            Some(dir) => {
+                Some(
+                    Credentials::load(dir).map_err(|source| ConfigError::Credentials {
+                        path: dir.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let cluster_key = match a.cluster_key_file {
             Some(path) => match std::fs::read(&path) {
                 Ok(key) => key,
@@ -217,6 +258,7 @@ impl TryFrom<Args> for Config {
             connect_timeout: millis("connect-timeout-ms", a.connect_timeout_ms)?,
             request_timeout: millis("request-timeout-ms", a.request_timeout_ms)?,
             control: a.control,
+            credentials,
             control_timeout: millis("control-timeout-ms", a.control_timeout_ms)?,
             drain_timeout: millis("drain-timeout-ms", a.drain_timeout_ms)?,
             log_interval: millis("log-interval-ms", a.log_interval_ms)?,
@@ -272,12 +314,54 @@ mod tests {
         assert!(args(&["--epoch", "0"]).is_err());
         assert!(args(&["--retry-interval-ms", "0"]).is_err());
         assert!(args(&["--request-timeout-ms", "0"]).is_err());
-        assert!(args(&["--control", "127.0.0.1:7400"])
-            .unwrap_err()
-            .contains("http://"));
-        assert!(args(&["--control", "http://127.0.0.1:7400"]).is_ok());
         let e = args(&["--cluster-key-file", "/nonexistent/key"]).unwrap_err();
         assert!(e.contains("cluster-key-file"), "{e}");
+    }
+
+    #[test]
+    fn the_control_service_needs_the_nodes_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        let pki = basalt_auth::testing::TestPki::new();
+        pki.install(&tls, basalt_auth::Role::Node, "n1");
+        let tls = tls.to_str().unwrap();
+
+        let e = args(&["--control", "127.0.0.1:7400"]).unwrap_err();
+        assert!(e.contains("--control needs --tls-dir"), "{e}");
+        for ok in [
+            "127.0.0.1:7400",
+            "http://127.0.0.1:7400",
+            "https://127.0.0.1:7400/",
+            "control.example:7400",
+        ] {
+            let c = args(&["--control", ok, "--tls-dir", tls]).unwrap();
+            assert_eq!(c.control.as_deref(), Some(ok));
+            let creds = c.credentials.expect("credentials loaded");
+            assert_eq!(creds.principal.to_string(), "node n1");
+        }
+        for bad in [
+            "",
+            "127.0.0.1",
+            "http://",
+            "ftp://127.0.0.1:7400",
+            "https://127.0.0.1:7400/path",
+            "127.0.0.1:0",
+        ] {
+            let e = args(&["--control", bad, "--tls-dir", tls]).unwrap_err();
+            assert!(e.contains("is not HOST:PORT"), "{bad:?}: {e}");
+        }
+        let missing = dir.path().join("missing");
+        let e = args(&[
+            "--control",
+            "127.0.0.1:7400",
+            "--tls-dir",
+            missing.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(e.contains("--tls-dir") && e.contains("missing"), "{e}");
+        // Without --control the credentials are not needed, nor used.
+        let c = args(&[]).unwrap();
+        assert!(c.control.is_none() && c.credentials.is_none());
     }
 
     #[test]

@@ -14,9 +14,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use basalt_auth::{Credentials, Principal};
 use basalt_proto::control as pb;
 use basalt_proto::control::control_client::ControlClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::layout::{Layout, LayoutSnapshot};
 use crate::queue::lock;
@@ -45,7 +46,9 @@ struct State {
 }
 
 pub struct Failover {
-    url: Option<String>,
+    /// The control service's address and the credentials presented to it
+    /// (mutual TLS).
+    control: Option<(String, Credentials)>,
     volume_id: u64,
     attachment: u64,
     reporter: String,
@@ -59,13 +62,18 @@ pub struct Failover {
 
 impl std::fmt::Debug for Failover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Failover").field("url", &self.url).finish()
+        f.debug_struct("Failover")
+            .field("control", &self.control.as_ref().map(|(url, _)| url))
+            .finish()
     }
 }
 
 impl Failover {
+    /// `control`: the control service's address (`HOST:PORT`,
+    /// `http://HOST:PORT` or `https://HOST:PORT`, always over TLS) and the
+    /// node's credentials to present to it; None: nobody to ask.
     pub fn new(
-        url: Option<String>,
+        control: Option<(String, Credentials)>,
         volume_id: u64,
         attachment: u64,
         reporter: String,
@@ -73,7 +81,7 @@ impl Failover {
         timeout: Duration,
     ) -> Failover {
         Failover {
-            url,
+            control,
             volume_id,
             attachment,
             reporter,
@@ -98,7 +106,7 @@ impl Failover {
     }
 
     fn ask(&self, queue: u16, seen: &LayoutSnapshot, unreachable: bool) -> Reported {
-        if self.url.is_none() {
+        if self.control.is_none() {
             return Reported::Unchanged;
         }
         let mut st = lock(&self.state);
@@ -193,13 +201,15 @@ impl Failover {
     }
 
     fn connect(&self) -> Result<Client, String> {
-        let url = self.url.clone().unwrap_or_default();
+        let Some((url, creds)) = &self.control else {
+            return Err("no control service (--control)".into());
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start a runtime: {e}"))?;
-        let ep = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("bad --control URL {url:?}: {e}"))?
+        let ep = basalt_auth::endpoint(url, creds.client_tls(&Principal::control()))
+            .map_err(|e| format!("bad --control address: {e}"))?
             .connect_timeout(self.timeout)
             .timeout(self.timeout)
             .tcp_nodelay(true);

@@ -37,7 +37,7 @@ impl Volume {
         Volume {
             blk: BlkConfigSpace::new(config.size_bytes, config.queues, config.queue_size),
             failover: Failover::new(
-                config.control.clone(),
+                config.control.clone().zip(config.credentials.clone()),
                 config.volume_id,
                 config.attachment,
                 config.backend_id.clone(),

@@ -236,6 +236,10 @@ fn a_hung_primary_is_reported_and_the_new_layout_is_used() -> anyhow::Result<()>
         .build()?;
     let reports: Arc<Mutex<Vec<pb::ReportUnreachableRequest>>> = Arc::default();
     let new_primary = storage.data_addr.to_string();
+    // The backend presents its node manager's certificate to the control
+    // service, whose certificate comes from the same CA.
+    let pki = basalt_storage::testing::TestPki::new();
+    let tls_dir = common::node_credentials(&pki, &dir.path().join("node-tls"), "n1");
     let control = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = l.local_addr()?;
@@ -252,12 +256,13 @@ fn a_hung_primary_is_reported_and_the_new_layout_is_used() -> anyhow::Result<()>
                 }))
             })
         });
-        tokio::spawn(fake_control::serve(l, handler));
+        tokio::spawn(fake_control::serve(l, &pki.control(), handler));
         anyhow::Ok(addr)
     })?;
     let opts = Opts {
         size: 8 << 20,
-        control: Some(format!("http://{control}")),
+        control: Some(control.to_string()),
+        tls_dir: Some(tls_dir),
         request_timeout_ms: 300,
         ..Opts::default()
     };
@@ -346,5 +351,70 @@ fn a_superseded_attachment_fails_every_request_and_writes_nothing() -> anyhow::R
         "a fenced write landed"
     );
     assert!(old.stats.total().errors >= 3);
+    Ok(())
+}
+
+/// A backend given a certificate of another cluster's CA next to this
+/// cluster's CA refuses to start, saying why.
+#[test]
+fn a_backend_with_a_certificate_from_another_ca_does_not_start() -> anyhow::Result<()> {
+    use basalt_proto::control as pb;
+    use basalt_storage::fake_control;
+    use basalt_storage::testing::TestPki;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let (_hung, hung_addr) = hung_primary()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let pki = TestPki::new();
+    let reports = Arc::new(AtomicUsize::new(0));
+    let control = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let seen = reports.clone();
+        let handler: fake_control::ReportHandler = Arc::new(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Ok(tonic::Response::new(pb::ReportUnreachableResponse {
+                    outcome: pb::ReportOutcome::FailedOver as i32,
+                    epoch: 2,
+                    primary_address: "127.0.0.1:9".into(),
+                    mirror_addresses: vec![],
+                }))
+            })
+        });
+        tokio::spawn(fake_control::serve(l, &pki.control(), handler));
+        anyhow::Ok(addr)
+    })?;
+    // A node certificate of another CA next to this cluster's CA does not
+    // even load...
+    let tls_dir = dir.path().join("node-tls");
+    let other = TestPki::new();
+    let mut forged = other.issue(basalt_auth::Role::Node, "n1");
+    forged.ca_pem = pki.ca_pem().to_owned();
+    forged.save(&tls_dir)?;
+    let opts = Opts {
+        size: 8 << 20,
+        queues: 1,
+        control: Some(format!("https://{control}")),
+        tls_dir: Some(tls_dir.clone()),
+        request_timeout_ms: 300,
+        ..Opts::default()
+    };
+    let Err(e) = Backend::start(dir.path().join("forged.sock"), &hung_addr, &opts) else {
+        panic!("a backend started with a forged certificate");
+    };
+    assert!(
+        format!("{e:#}").contains("does not verify against the cluster CA"),
+        "{e:#}"
+    );
+    // (That the control service refuses another cluster's certificates is
+    // tested at its end: auth's unit tests and tests/tests/security.rs.)
+    assert_eq!(reports.load(Ordering::SeqCst), 0, "a report got through");
     Ok(())
 }

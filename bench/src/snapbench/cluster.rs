@@ -152,7 +152,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.base)
+        format!("https://127.0.0.1:{}", self.base)
     }
 
     fn start_control(
@@ -166,7 +166,8 @@ impl Cluster {
         for d in destinations {
             cmd.arg("--destination").arg(d);
         }
-        cmd.args(["--listen", &format!("127.0.0.1:{base}"), "--state-dir"])
+        cmd.args(["--listen", &format!("127.0.0.1:{base}"), "--bootstrap"])
+            .arg("--state-dir")
             .arg(root.join("control"))
             .args([
                 "--hydration-rate-mib",
@@ -180,9 +181,46 @@ impl Cluster {
         Proc::spawn("basalt-control", &mut cmd, root.join("control.log"))
     }
 
+    /// `--join-token-file` and `--ca-file` for a process whose TLS
+    /// directory has no certificate yet (a token made with the CLI).
+    fn join_args(root: &Path, base: u16, role: &str, id: &str, tls: &Path) -> Result<Vec<String>> {
+        if tls.join("tls.crt").exists() {
+            return Ok(Vec::new());
+        }
+        let file = tls.with_file_name("join.token");
+        let f = file.display().to_string();
+        let (ok, _, err) = cli_at(
+            &bin("basalt")?,
+            root,
+            base,
+            &[
+                "join-token",
+                "create",
+                "--role",
+                role,
+                "--id",
+                id,
+                "--output-file",
+                &f,
+            ],
+        )?;
+        if !ok {
+            bail!("join-token create {role} {id}: {err}");
+        }
+        Ok(vec![
+            "--join-token-file".into(),
+            f,
+            "--ca-file".into(),
+            ca_file(root).display().to_string(),
+        ])
+    }
+
     fn start_server(root: &Path, base: u16, i: usize) -> Result<Proc> {
         let id = format!("s{}", i + 1);
+        let data_dir = root.join("storage").join(&id);
+        let join = Self::join_args(root, base, "storage", &id, &data_dir.join("tls"))?;
         let mut cmd = Command::new(bin("basalt-storage")?);
+        cmd.args(&join);
         cmd.args(["--server-id", &id])
             .args(["--control", &format!("http://127.0.0.1:{base}")])
             .args([
@@ -203,7 +241,9 @@ impl Cluster {
     }
 
     fn start_node(root: &Path, base: u16) -> Result<Proc> {
+        let join = Self::join_args(root, base, "node", "node1", &root.join("node").join("tls"))?;
         let mut cmd = Command::new(bin("basalt-node")?);
+        cmd.args(&join);
         cmd.args(["--node-id", "node1"])
             .args(["--listen", &format!("127.0.0.1:{}", base + 1)])
             .args(["--control", &format!("http://127.0.0.1:{base}")])
@@ -226,7 +266,19 @@ impl Cluster {
     ) -> Result<Cluster> {
         std::fs::create_dir_all(root)?;
         let base = free_ports(12 + 2 * servers as u16)?;
-        let control = Self::start_control(root, base, &destinations, knobs, poll_ms)?;
+        let mut control = Self::start_control(root, base, &destinations, knobs, poll_ms)?;
+        // It bootstraps the cluster identity (CA, admin token), then listens.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(
+            cli_at(&bin("basalt")?, root, base, &["node", "list"]),
+            Ok((true, _, _))
+        ) {
+            control.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("control not ready after 30 s:\n{}", control.log_tail(30));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let servers = (0..servers)
             .map(|i| Self::start_server(root, base, i))
             .collect::<Result<Vec<_>>>()?;
@@ -294,7 +346,13 @@ impl Cluster {
 
     /// The command line of the CLI against this cluster (for `sh -c`).
     pub fn cli_cmdline(&self, args: &[&str]) -> String {
-        let mut s = format!("'{}' --control {}", self.basalt.display(), self.endpoint());
+        let mut s = format!(
+            "'{}' --control {} --ca-file '{}' --token-file '{}'",
+            self.basalt.display(),
+            self.endpoint(),
+            ca_file(&self.root).display(),
+            token_file(&self.root).display()
+        );
         for a in args {
             s.push_str(&format!(" '{a}'"));
         }
@@ -303,18 +361,7 @@ impl Cluster {
 
     /// Runs the CLI; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new(&self.basalt)
-            .arg("--control")
-            .arg(self.endpoint())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running basalt")?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        cli_at(&self.basalt, &self.root, self.base, args)
     }
 
     /// Runs the CLI with `--output json`; fails on error.
@@ -393,4 +440,33 @@ impl Drop for Cluster {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
+}
+
+fn ca_file(root: &Path) -> PathBuf {
+    root.join("control").join("tls").join("ca.crt")
+}
+
+fn token_file(root: &Path) -> PathBuf {
+    root.join("control").join("admin.token")
+}
+
+/// Runs the CLI as the admin `--bootstrap` created; returns (success,
+/// stdout, stderr).
+fn cli_at(basalt: &Path, root: &Path, base: u16, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(basalt)
+        .args(["--control", &format!("127.0.0.1:{base}")])
+        .arg("--ca-file")
+        .arg(ca_file(root))
+        .arg("--token-file")
+        .arg(token_file(root))
+        .env_remove("BASALT_TOKEN")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running basalt")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }

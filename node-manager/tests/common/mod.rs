@@ -1,5 +1,11 @@
 //! Harness: a real `basalt-storage`, a real `basalt-node` (restartable),
 //! and a blocking NodeAgent client.
+//!
+//! Identities: one throwaway CA per test process ([`pki`]) issues the node
+//! manager's certificate (node `n1`, installed in `<state-dir>/tls` before
+//! it starts) and the control-service certificate the NodeAgent client
+//! presents. A test with a real control service passes that service's CA
+//! instead ([`NodeProc::start_with`]).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -7,17 +13,46 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use basalt_auth::testing::TestPki;
+use basalt_auth::{Principal, Role};
 use basalt_node::procfs;
 use basalt_proto::node as pb;
 use basalt_proto::node::node_agent_client::NodeAgentClient;
 use basalt_tests::procs::{bin, wait_for, Proc};
 use serde_json::Value;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The node id every [`NodeProc`] runs as.
+pub const NODE_ID: &str = "n1";
+
+/// Who the node manager under test is (the name its server proves).
+pub fn node_principal() -> Principal {
+    Principal::new(Role::Node, NODE_ID).expect("a valid node id")
+}
+
+/// This test process's cluster CA.
+pub fn pki() -> Arc<TestPki> {
+    static PKI: OnceLock<Arc<TestPki>> = OnceLock::new();
+    PKI.get_or_init(|| Arc::new(TestPki::new())).clone()
+}
+
+/// A TLS NodeAgent client of the node manager at `grpc`.
+pub async fn connect_agent(
+    grpc: SocketAddr,
+    tls: ClientTlsConfig,
+) -> Result<NodeAgentClient<Channel>> {
+    let channel = basalt_auth::endpoint(&grpc.to_string(), tls)?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the node manager at {grpc}"))?;
+    Ok(NodeAgentClient::new(channel))
+}
 
 /// Polls `cond` until it holds or `timeout` passes.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
@@ -36,27 +71,71 @@ pub struct NodeProc {
     pub dir: PathBuf,
     pub grpc: SocketAddr,
     pub proc: Proc,
+    /// The CA of the node's certificate and of the client's.
+    pub pki: Arc<TestPki>,
     extra: Vec<String>,
     rt: tokio::runtime::Runtime,
     client: NodeAgentClient<Channel>,
 }
 
 impl NodeProc {
+    /// Starts a node manager with a certificate from this process's [`pki`].
     pub fn start(dir: &Path, extra: &[&str]) -> Result<NodeProc> {
+        Self::start_with(dir, extra, pki())
+    }
+
+    /// Starts a node manager whose certificate (and the control-service
+    /// certificate its client presents) `pki` issues.
+    pub fn start_with(dir: &Path, extra: &[&str], pki: Arc<TestPki>) -> Result<NodeProc> {
+        pki.install(&dir.join("state").join("tls"), Role::Node, NODE_ID);
+        Self::start_joining(dir, extra, pki)
+    }
+
+    /// Starts a node manager without installing a certificate: it has one
+    /// already, or gets one by joining (`--join-token-file` in `extra`).
+    /// Its client presents the control-service certificate of `pki`.
+    pub fn start_joining(dir: &Path, extra: &[&str], pki: Arc<TestPki>) -> Result<NodeProc> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (proc, grpc) = Self::launch(dir, &extra)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let client = rt.block_on(NodeAgentClient::connect(format!("http://{grpc}")))?;
+        let client = rt.block_on(connect_agent(grpc, Self::control_tls(&pki)))?;
         Ok(NodeProc {
             dir: dir.to_owned(),
             grpc,
             proc,
+            pki,
             extra,
             rt,
             client,
         })
+    }
+
+    /// The control service's client side towards this node.
+    fn control_tls(pki: &TestPki) -> ClientTlsConfig {
+        pki.control().client_tls(&node_principal())
+    }
+
+    /// ListAttachments over a new connection made with `tls` (a failed
+    /// connection is `UNAVAILABLE` with its causes).
+    pub fn list_with(
+        &self,
+        tls: ClientTlsConfig,
+    ) -> Result<Vec<pb::AttachmentInfo>, tonic::Status> {
+        self.rt.block_on(async {
+            let mut c = connect_agent(self.grpc, tls)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+            c.list_attachments(pb::ListAttachmentsRequest {})
+                .await
+                .map(|r| r.into_inner().attachments)
+        })
+    }
+
+    /// Runs `f` on this harness's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
     }
 
     fn launch(dir: &Path, extra: &[String]) -> Result<(Proc, SocketAddr)> {
@@ -64,17 +143,23 @@ impl NodeProc {
         let ready = dir.join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(bin("basalt-node")?);
-        cmd.args(["--node-id", "n1", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(dir.join("state"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args([
-                "--restart-backoff-ms",
-                "50",
-                "--backend-stop-timeout-ms",
-                "5000",
-            ])
-            .args(extra);
+        cmd.args([
+            "--node-id",
+            NODE_ID,
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .args([
+            "--restart-backoff-ms",
+            "50",
+            "--backend-stop-timeout-ms",
+            "5000",
+        ])
+        .args(extra);
         let mut proc = Proc::spawn("basalt-node", &mut cmd, dir.join("node.log"))?;
         let v: Value = wait_for(&mut proc, TIMEOUT, || {
             std::fs::read(&ready)
@@ -96,7 +181,7 @@ impl NodeProc {
         self.grpc = grpc;
         self.client = self
             .rt
-            .block_on(NodeAgentClient::connect(format!("http://{grpc}")))?;
+            .block_on(connect_agent(grpc, Self::control_tls(&self.pki)))?;
         Ok(())
     }
 
@@ -180,6 +265,45 @@ impl Drop for NodeProc {
             }
         }
     }
+}
+
+/// Runs `basalt-node` with `args`, its state in `state_dir` and a
+/// kernel-chosen port, until it exits (it must, within [`TIMEOUT`]);
+/// returns its status and output.
+pub fn run_node_to_exit(
+    args: &[&str],
+    state_dir: &Path,
+) -> Result<(std::process::ExitStatus, String)> {
+    use std::process::Stdio;
+    let mut child = Command::new(bin("basalt-node")?)
+        .args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "basalt-node did not exit: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status, text))
 }
 
 pub fn kill(pid: u32, sig: i32) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use basalt_storage::testing::LocalServer;
+use basalt_storage::testing::{LocalServer, TestPki};
 use basalt_vhost_backend::layout::Layout;
 use basalt_vhost_backend::{Args, Config, ServeError, Server, Stats, StopHandle};
 use tempfile::TempDir;
@@ -33,6 +33,9 @@ pub struct Opts {
     pub read_only: bool,
     /// Control service URL given to the backend (`--control`).
     pub control: Option<String>,
+    /// The node's credentials (`--tls-dir`), required with `control`: see
+    /// [`node_credentials`].
+    pub tls_dir: Option<PathBuf>,
     pub request_timeout_ms: u64,
     /// Attachment generation (`--attachment`).
     pub attachment: u64,
@@ -47,6 +50,7 @@ impl Default for Opts {
             queue_size: 256,
             read_only: false,
             control: None,
+            tls_dir: None,
             request_timeout_ms: 5000,
             attachment: 0,
         }
@@ -70,11 +74,20 @@ pub fn args(socket: &Path, primary: &str, o: &Opts) -> Args {
         connect_timeout_ms: 500,
         request_timeout_ms: o.request_timeout_ms,
         control: o.control.clone(),
+        tls_dir: o.tls_dir.clone(),
         control_timeout_ms: 1000,
         drain_timeout_ms: 2000,
         log_interval_ms: 1,
         backend_id: None,
     }
+}
+
+/// Installs a node manager's credentials (node `id`, issued by `pki`) in
+/// `dir`, for a backend's `--tls-dir`; a fake control service it talks to
+/// serves with `pki.control()`.
+pub fn node_credentials(pki: &TestPki, dir: &Path, id: &str) -> PathBuf {
+    pki.install(dir, basalt_auth::Role::Node, id);
+    dir.to_path_buf()
 }
 
 /// A backend serving on a temp socket.
