@@ -13,6 +13,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 use crate::peer;
 use crate::principal::Principal;
 
+/// Longest a TLS handshake may take, client or server side (a peer that
+/// accepts TCP but is frozen must not hang the caller: tonic's connect
+/// timeout covers TCP only). Clients may set a shorter one.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const CERT: &str = "tls.crt";
@@ -150,6 +155,7 @@ impl Credentials {
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(true)
+            .timeout(HANDSHAKE_TIMEOUT)
     }
 
     /// Client side, presenting this identity to `server`, which must prove
@@ -166,6 +172,7 @@ pub fn server_only_tls(ca_pem: &str, server: &Principal) -> ClientTlsConfig {
     ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(server.dns_name())
+        .timeout(HANDSHAKE_TIMEOUT)
 }
 
 /// An endpoint for `addr` (`host:port`, `http://host:port` or

@@ -129,8 +129,8 @@ async fn control_up(
 
 /// The flags with which a storage server or node manager whose TLS
 /// directory is `tls_dir` gets its certificate: none when it has one, else
-/// a one-time join token made for it now.
-async fn join_flags(
+/// a one-time join token made for it now (written next to `tls_dir`).
+pub async fn join_flags(
     c: &mut Client,
     role: &str,
     id: &str,

@@ -24,7 +24,7 @@ impl Clients {
         let creds = self.creds.as_ref().ok_or_else(|| {
             ControlError::Unavailable("the control service has no certificate".into())
         })?;
-        basalt_auth::endpoint(addr, creds.client_tls(peer))
+        basalt_auth::endpoint(addr, creds.client_tls(peer).timeout(self.connect_timeout))
             .map_err(|e| ControlError::Invalid(format!("bad address of {peer}: {e}")))
     }
 

@@ -108,26 +108,10 @@ impl ManagedCluster {
             return Ok(Vec::new());
         }
         let access = Self::access_in(root)?;
-        let t = rt.block_on(async {
+        rt.block_on(async {
             let mut c = connect_with(&format!("127.0.0.1:{base}"), &access).await?;
-            anyhow::Ok(
-                c.create_join_token(pb::CreateJoinTokenRequest {
-                    role: role.into(),
-                    id: id.into(),
-                    ttl_secs: 600,
-                })
-                .await?
-                .into_inner(),
-            )
-        })?;
-        let file = tls_dir.with_file_name("join.token");
-        basalt_auth::files::write(&file, &format!("{}\n", t.token), 0o600)?;
-        Ok(vec![
-            "--join-token-file".into(),
-            file.display().to_string(),
-            "--ca-file".into(),
-            Self::ca_file_in(root).display().to_string(),
-        ])
+            basalt_cli::up::join_flags(&mut c, role, id, tls_dir, &Self::ca_file_in(root)).await
+        })
     }
 
     fn start_control(root: &Path, base: u16, args: &[String]) -> Result<Proc> {
