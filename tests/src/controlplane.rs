@@ -433,6 +433,18 @@ impl ManagedCluster {
         self.wait_ready()
     }
 
+    /// The command line of the CLI against this cluster, as the admin (for
+    /// tools that run it with `sh -c`).
+    pub fn cli_cmdline(&self, args: &str) -> Result<String> {
+        Ok(format!(
+            "'{}' --control {} --ca-file '{}' --token-file '{}' {args}",
+            bin("basalt")?.display(),
+            self.endpoint(),
+            self.ca_file().display(),
+            self.admin_token_file().display()
+        ))
+    }
+
     /// Runs the `basalt` CLI; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let out = Command::new(bin("basalt")?)

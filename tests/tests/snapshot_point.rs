@@ -24,11 +24,7 @@ fn a_snapshot_holds_exactly_the_writes_acknowledged_before_its_point() {
         .cli_json(&["volume", "attach", "v", "--node", "node1"])
         .unwrap();
     let socket = a["attachment"]["socket_path"].as_str().unwrap().to_owned();
-    let cmd = format!(
-        "{} --control {} snapshot create v --name pit",
-        bin("basalt").unwrap().display(),
-        c.endpoint()
-    );
+    let cmd = c.cli_cmdline("snapshot create v --name pit").unwrap();
     let log = root.path().join("stamp.json");
     let out = Command::new(bin("basalt-bench").unwrap())
         .args([
