@@ -140,6 +140,11 @@ impl Credentials {
         })
     }
 
+    /// The private key (PEM), for the data-plane TLS settings.
+    pub(crate) fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     /// Stores them in `dir` (the key owner-only).
     pub fn save(&self, dir: &Path) -> Result<(), FilesError> {
         write(&dir.join(CA_CERT), &self.ca_pem, 0o644)?;

@@ -13,16 +13,19 @@
 //!   left for the handler's own checks.
 
 pub mod files;
+pub mod grant;
 pub mod join;
 pub mod layer;
 pub mod peer;
 pub mod pki;
 pub mod principal;
+pub mod session;
 #[doc(hidden)]
 pub mod testing;
 pub mod token;
 
 pub use files::{endpoint, server_only_tls, Credentials, FilesError};
+pub use grant::{Grant, GrantError, GrantVerifier};
 pub use join::{obtain, read_token, JoinError, JoinSettings};
 pub use layer::{caller, require_self, Access, AuthLayer, Authority, Caller, Policy};
 pub use pki::{new_csr, Ca, Issued, PkiError};

@@ -32,6 +32,12 @@ pub enum PkiError {
     BadCsr(String),
     #[error("the CA key does not match the CA certificate; restore both from the same backup")]
     KeyMismatch,
+    #[error(
+        "the CA key is not an ECDSA P-256 key; create the CA with `basalt-control --bootstrap`"
+    )]
+    NotP256,
+    #[error("cannot sign this attachment grant: {0}")]
+    BadGrant(String),
 }
 
 fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -42,6 +48,17 @@ fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
 pub struct Ca {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// The same key, for signing attachment grants (see `grant.rs`).
+    pub(crate) grant_key: ring::signature::EcdsaKeyPair,
+}
+
+fn grant_key(key: &KeyPair) -> Result<ring::signature::EcdsaKeyPair, PkiError> {
+    ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &key.serialize_der(),
+        &ring::rand::SystemRandom::new(),
+    )
+    .map_err(|_| PkiError::NotP256)
 }
 
 /// A certificate and its private key, both PEM.
@@ -110,6 +127,7 @@ impl Ca {
         let cert_pem = cert.pem();
         let ca = Ca {
             cert_pem,
+            grant_key: grant_key(&key)?,
             issuer: Issuer::new(params, key),
         };
         Ok((ca, key_pem))
@@ -118,11 +136,13 @@ impl Ca {
     /// The CA from its certificate and key (PEM).
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::from_pem(key_pem).map_err(rc("read the CA key"))?;
+        let grant_key = grant_key(&key)?;
         let issuer =
             Issuer::from_ca_cert_pem(cert_pem, key).map_err(rc("read the CA certificate"))?;
         let ca = Ca {
             cert_pem: cert_pem.to_owned(),
             issuer,
+            grant_key,
         };
         // Check the pair by issuing and verifying one certificate.
         let probe = ca.issue_new(&Principal::control(), Duration::from_secs(60))?;

@@ -29,6 +29,9 @@ pub struct CompareOpts {
     pub guest_runtime: u32,
     /// Only these jobs (by name), for quick runs.
     pub only: Vec<String>,
+    /// The security comparison instead: two copies with the data plane
+    /// encrypted (the default) against `--data-encryption off`.
+    pub security: bool,
 }
 
 /// One system under test.
@@ -206,20 +209,43 @@ fn start_qsd(work: &Path, size: u64, queues: usize) -> Result<Target> {
     })
 }
 
-fn start_basalt(
-    work: &Path,
-    key: &str,
-    label: &str,
+/// Flags of a Basalt target's processes (`--data-encryption off` for the
+/// clear target of the security comparison).
+fn data_flags(clear: bool) -> &'static [&'static str] {
+    if clear {
+        &["--data-encryption", "off"]
+    } else {
+        &[]
+    }
+}
+
+/// A Basalt target of the comparison.
+struct BasaltSpec<'a> {
+    key: &'a str,
+    label: &'a str,
     volume_id: u64,
     copies: usize,
-    size: u64,
-    queues: usize,
-) -> Result<Target> {
+    /// `--data-encryption off` on every process.
+    clear: bool,
+}
+
+fn start_basalt(work: &Path, t: &BasaltSpec<'_>, size: u64, queues: usize) -> Result<Target> {
+    let BasaltSpec {
+        key,
+        label,
+        volume_id,
+        copies,
+        clear,
+    } = *t;
     let dir = work.join(key);
     std::fs::create_dir_all(&dir)?;
     let mut servers = Vec::new();
     for i in 0..copies {
-        servers.push(StorageProc::start(&dir, &format!("{key}-s{i}"))?);
+        servers.push(StorageProc::start_with(
+            &dir,
+            &format!("{key}-s{i}"),
+            data_flags(clear),
+        )?);
     }
     let mirrors: Vec<&StorageProc> = servers[1..].iter().collect();
     create_volume(volume_id, size, &servers[0], &mirrors)?;
@@ -231,7 +257,7 @@ fn start_basalt(
             primary: servers[0].data,
             queues: queues as u16,
             read_only: false,
-            extra: &[],
+            extra: data_flags(clear),
         },
     )?;
     let mut watch = vec![Watched {
@@ -267,27 +293,44 @@ pub fn run(o: &CompareOpts) -> Result<Results> {
     // Backends and qsd offer two queues (the guest uses two); the host jobs use `o.queues`.
     let offer = o.queues.max(2);
     eprintln!("starting targets under {}", o.work.display());
-    let targets = vec![
-        start_qsd(&o.work, o.size, offer)?,
-        start_basalt(
-            &o.work,
-            "basalt1",
-            "(b) Basalt, one copy",
-            1,
-            1,
-            o.size,
-            offer,
-        )?,
-        start_basalt(
-            &o.work,
-            "basalt2",
-            "(c) Basalt, primary + mirror",
-            2,
-            2,
-            o.size,
-            offer,
-        )?,
-    ];
+    // (key, label, volume id, copies, data plane in the clear)
+    let basalt: &[(&str, &str, u64, usize, bool)] = if o.security {
+        &[
+            (
+                "basalt2",
+                "Basalt, primary + mirror, data plane encrypted (default)",
+                2,
+                2,
+                false,
+            ),
+            (
+                "basalt2-clear",
+                "Basalt, primary + mirror, --data-encryption off",
+                3,
+                2,
+                true,
+            ),
+        ]
+    } else {
+        &[
+            ("basalt1", "(b) Basalt, one copy", 1, 1, false),
+            ("basalt2", "(c) Basalt, primary + mirror", 2, 2, false),
+        ]
+    };
+    let mut targets = Vec::new();
+    if !o.security {
+        targets.push(start_qsd(&o.work, o.size, offer)?);
+    }
+    for &(key, label, volume_id, copies, clear) in basalt {
+        let spec = BasaltSpec {
+            key,
+            label,
+            volume_id,
+            copies,
+            clear,
+        };
+        targets.push(start_basalt(&o.work, &spec, o.size, offer)?);
+    }
 
     // Fill every device once (so reads hit real pages), then check data.
     for t in &targets {
@@ -364,7 +407,7 @@ pub fn run(o: &CompareOpts) -> Result<Results> {
         .collect();
 
     let mut guest = Vec::new();
-    if o.guest {
+    if o.guest && !o.security {
         for t in targets.iter().filter(|t| t.key != "basalt1") {
             guest.extend(guest_fio(t, o.guest_runtime)?);
         }

@@ -8,5 +8,6 @@ pub mod job;
 pub mod layoutbench;
 pub mod procstat;
 pub mod report;
+pub mod secreport;
 pub mod snapbench;
 pub mod stamp;

@@ -216,6 +216,11 @@ struct CompareArgs {
     /// Only these jobs (e.g. 4k-randread-qd32); repeatable.
     #[arg(long)]
     only: Vec<String>,
+    /// Compare the data plane encrypted (default) against
+    /// `--data-encryption off` instead (two copies each); writes
+    /// security.md and security.json in --out.
+    #[arg(long)]
+    security: bool,
 }
 
 fn main() -> Result<()> {
@@ -301,9 +306,21 @@ fn compare_cmd(a: CompareArgs) -> Result<()> {
         guest: !a.no_guest,
         guest_runtime: a.guest_runtime,
         only: a.only,
+        security: a.security,
     };
     let r = compare::run(&o)?;
     std::fs::create_dir_all(&o.out)?;
+    if o.security {
+        std::fs::write(
+            o.out.join("security.json"),
+            serde_json::to_string_pretty(&r)?,
+        )?;
+        let md = basalt_bench::secreport::markdown(&r);
+        std::fs::write(o.out.join("security.md"), &md)?;
+        println!("{md}");
+        let _ = std::fs::remove_dir_all(&o.work);
+        return Ok(());
+    }
     std::fs::write(
         o.out.join("results.json"),
         serde_json::to_string_pretty(&r)?,

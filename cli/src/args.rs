@@ -29,8 +29,10 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Tenant owning the volumes and snapshots addressed by name.
-    #[arg(long, global = true, env = "BASALT_TENANT", default_value = "default")]
+    /// Tenant owning the volumes, snapshots and destinations addressed by
+    /// name. Unset: a tenant token's own tenant; for an admin, `default`
+    /// (and every tenant in lists).
+    #[arg(long, global = true, env = "BASALT_TENANT", default_value = "")]
     pub tenant: String,
     #[command(subcommand)]
     pub command: Command,
@@ -70,6 +72,101 @@ pub enum Command {
     /// Identities of storage servers and node managers.
     #[command(subcommand)]
     Identity(IdentityCmd),
+    /// Tenants, their quotas and what they use (admins).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// API tokens of tenants and admins (admins).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log of mutating calls: who, what, when, outcome (a tenant
+    /// sees its own entries).
+    Audit(AuditArgs),
+}
+
+/// A quota limit: a number, or `none` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<u64>);
+
+pub fn parse_limit(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    s.parse()
+        .map(|n| Limit(Some(n)))
+        .map_err(|_| format!("bad limit {s:?}: a whole number, or `none` for no limit"))
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct QuotaArgs {
+    /// Most volumes (`none`: no limit).
+    #[arg(long, value_parser = parse_limit)]
+    pub volumes: Option<Limit>,
+    /// Most GiB provisioned by its volumes (`none`: no limit).
+    #[arg(long, value_parser = parse_limit)]
+    pub gib: Option<Limit>,
+    /// Most GiB of snapshots, each counted at its volume's size (`none`: no
+    /// limit).
+    #[arg(long, value_parser = parse_limit)]
+    pub snapshot_gib: Option<Limit>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant (a DNS label: lowercase letters, digits, '-'), with
+    /// an optional quota; then `basalt token create --tenant NAME`.
+    Create {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// List tenants with their quotas and use.
+    List,
+    /// Change a tenant's quota: the limits given replace the current ones.
+    Quota {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Delete a tenant that owns nothing; its API tokens are revoked.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create an API token for the tenant of `--tenant NAME`, or with
+    /// `--admin` for an admin. The secret is shown once.
+    Create {
+        /// An admin token (instead of a tenant's).
+        #[arg(long)]
+        admin: bool,
+        /// The admin's name, for the audit log (default: admin).
+        #[arg(long, requires = "admin")]
+        name: Option<String>,
+        /// Seconds until it expires (0 = never).
+        #[arg(long, default_value_t = 0)]
+        ttl_secs: u64,
+        /// Write the token to this file (owner-only) instead of printing it.
+        #[arg(long)]
+        output_file: Option<PathBuf>,
+    },
+    /// List API tokens (never their secrets; `--tenant` for one tenant's).
+    List,
+    /// Revoke a token by the id `basalt token list` shows: refused from the
+    /// next call on.
+    Revoke { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Entries of the last interval (30m, 4h, 7d) or since a Unix second.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The newest this many (at most 10000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// JSON (like --output json).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

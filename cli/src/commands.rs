@@ -155,6 +155,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Printed> {
             crate::volume_io::download(cli, &mut c, v, file).await?
         }
         Command::Schedule(cmd) => crate::schedule::run(cli, &mut c, cmd).await?,
+        Command::Tenant(cmd) => crate::tenancy::tenant(&mut c, cmd).await?,
+        Command::Token(cmd) => crate::tenancy::token(cli, &mut c, cmd).await?,
+        Command::Audit(a) => crate::tenancy::audit(cli, &mut c, a).await?,
         Command::Volume(VolumeCmd::Backup {
             volume: v,
             layout,
@@ -336,7 +339,10 @@ mod tests {
         let cli = Cli::parse_from(["basalt", "volume", "show", "x"]);
         assert_eq!(vref(&cli, "3").id, 3);
         let r = vref(&cli, "db1");
-        assert_eq!((r.id, &*r.name, &*r.tenant), (0, "db1", "default"));
+        // No --tenant: the token's own tenant (for an admin, `default`).
+        assert_eq!((r.id, &*r.name, &*r.tenant), (0, "db1", ""));
+        let cli = Cli::parse_from(["basalt", "--tenant", "t1", "volume", "show", "x"]);
+        assert_eq!(vref(&cli, "db1").tenant, "t1");
     }
 
     #[test]

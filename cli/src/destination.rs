@@ -299,7 +299,8 @@ mod tests {
         };
         let r = add_request(&c, cmd).unwrap();
         assert_eq!(r.url, "file:///srv/b");
-        assert_eq!(r.tenant, "default");
+        // No --tenant: the caller's (an admin's: default).
+        assert_eq!(r.tenant, "");
 
         let c = cli(&["destination", "add", "d1", "--type", "dir", "--path", "rel"]);
         let crate::args::Command::Destination(cmd) = &c.command else {

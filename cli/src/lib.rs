@@ -9,6 +9,7 @@ pub mod progress;
 pub mod schedule;
 pub mod size;
 pub mod snapshot;
+pub mod tenancy;
 pub mod transfer;
 pub mod up;
 pub mod volume_io;

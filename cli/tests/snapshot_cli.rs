@@ -337,6 +337,42 @@ impl Control for Mock {
     ) -> R<pb::RevokeIdentityResponse> {
         Err(Status::unimplemented(""))
     }
+    async fn create_tenant(&self, _: Request<pb::CreateTenantRequest>) -> R<pb::Tenant> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_tenants(&self, _: Request<pb::ListTenantsRequest>) -> R<pb::ListTenantsResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn delete_tenant(
+        &self,
+        _: Request<pb::DeleteTenantRequest>,
+    ) -> R<pb::DeleteTenantResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn set_tenant_quota(&self, _: Request<pb::SetTenantQuotaRequest>) -> R<pb::Tenant> {
+        Err(Status::unimplemented(""))
+    }
+    async fn create_api_token(
+        &self,
+        _: Request<pb::CreateApiTokenRequest>,
+    ) -> R<pb::CreateApiTokenResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_api_tokens(
+        &self,
+        _: Request<pb::ListApiTokensRequest>,
+    ) -> R<pb::ListApiTokensResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn revoke_api_token(
+        &self,
+        _: Request<pb::RevokeApiTokenRequest>,
+    ) -> R<pb::RevokeApiTokenResponse> {
+        Err(Status::unimplemented(""))
+    }
+    async fn list_audit(&self, _: Request<pb::ListAuditRequest>) -> R<pb::ListAuditResponse> {
+        Err(Status::unimplemented(""))
+    }
 }
 
 /// The token the mock accepts (as an admin).
@@ -508,7 +544,7 @@ fn snapshot_list_follows_the_pages() {
         ["", "2", "4"]
     );
     assert!(lists.iter().all(|r| r.page_size == 2
-        && r.tenant == "default"
+        && r.tenant.is_empty()
         && r.volume.as_ref().map(|v| v.name.as_str()) == Some("db1")));
 
     let (ok, out, _) = s.cli(&["snapshot", "list"]);

@@ -135,6 +135,14 @@ impl Control {
                 r.name
             )));
         }
+        self.check_quota(
+            &tenant,
+            crate::tenants::Usage {
+                snapshots: 1,
+                snapshot_bytes: r.size_bytes,
+                ..Default::default()
+            },
+        )?;
         // A sweep running now finishes before the record exists; later
         // sweeps of these destinations wait while it is OPEN.
         let mut sorted = dests.clone();

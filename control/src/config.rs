@@ -80,6 +80,13 @@ pub struct Args {
     /// managers when they join, in days.
     #[arg(long, default_value_t = 365)]
     pub cert_validity_days: u64,
+    /// Validity of the attachment grants backends show to storage servers,
+    /// in seconds; they are renewed at a quarter of it.
+    #[arg(long, default_value_t = 86400)]
+    pub grant_validity_secs: u64,
+    /// Entries of the audit log kept (the newest; `basalt audit`).
+    #[arg(long, default_value_t = 10_000)]
+    pub audit_keep: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +119,10 @@ pub struct Config {
     pub tls_dir: PathBuf,
     pub admin_token_file: PathBuf,
     pub cert_validity: Duration,
+    /// Validity of attachment grants (renewed at a quarter of it).
+    pub grant_validity: Duration,
+    /// Audit-log entries kept.
+    pub audit_keep: u64,
 }
 
 impl TryFrom<Args> for Config {
@@ -126,6 +137,8 @@ impl TryFrom<Args> for Config {
             (a.snapshot_poll_ms, "--snapshot-poll-ms"),
             (a.destination_check_secs, "--destination-check-secs"),
             (a.cert_validity_days, "--cert-validity-days"),
+            (a.grant_validity_secs, "--grant-validity-secs"),
+            (a.audit_keep, "--audit-keep"),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroTimer(n));
@@ -170,6 +183,8 @@ impl TryFrom<Args> for Config {
                 .admin_token_file
                 .unwrap_or_else(|| a.state_dir.join("admin.token")),
             cert_validity: Duration::from_secs(a.cert_validity_days.saturating_mul(86400)),
+            grant_validity: Duration::from_secs(a.grant_validity_secs),
+            audit_keep: a.audit_keep,
             state_dir: a.state_dir,
             heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
             down_after: Duration::from_millis(a.down_after_ms),

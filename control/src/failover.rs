@@ -221,6 +221,7 @@ impl Control {
             primary_address: primary.data_address,
             epoch: v.epoch,
             attachment: a.generation,
+            grant: self.sign_grant(v, &a)?,
         };
         cl.update_layout(req)
             .await

@@ -2,6 +2,8 @@
 //! attachments), tracks storage servers and node managers, and persists
 //! every change in a metadata store before acting on it.
 
+mod api_tokens;
+pub mod audit;
 mod backup_policy;
 mod block_reads;
 mod blocks;
@@ -13,6 +15,7 @@ mod destinations;
 mod drain;
 pub mod error;
 mod failover;
+mod grants;
 mod grpc;
 pub mod identity;
 pub mod model;
@@ -22,8 +25,10 @@ mod reconcile;
 pub mod registry;
 mod report;
 mod schedules;
+mod scope;
 mod snapshots;
 pub mod store;
+pub mod tenants;
 mod volume_blocks;
 mod volumes;
 
@@ -170,6 +175,14 @@ pub async fn serve(
             tokio::time::sleep(every.min(std::time::Duration::from_secs(10))).await;
         }
     });
+    let renew = control.clone();
+    let renewer = tokio::spawn(async move {
+        let every = renew.config.grant_validity / 4;
+        loop {
+            tokio::time::sleep(every).await;
+            renew.renew_grants().await;
+        }
+    });
     tracing::info!(listen = %listener.local_addr()?, "basalt-control ready");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let tls = control.identity()?.creds.server_tls();
@@ -181,11 +194,17 @@ pub async fn serve(
         .tls_config(tls)
         .context("bad TLS settings")?
         .layer(auth)
+        // Inside the authorisation layer: it records the authenticated caller.
+        .layer(audit::AuditLayer::new(audit::AuditLog::open(
+            control.store.clone(),
+            control.config.audit_keep,
+        )))
         .add_service(pb::control_server::ControlServer::new(grpc::Api(control)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     reconciler.abort();
     poller.abort();
     checker.abort();
+    renewer.abort();
     r.context("control API server failed")
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use basalt_auth::{Access, Policy, Role};
 
 const ADMIN: Access = Access::Roles(&[Role::Admin]);
+/// Admins, and tenants for their own objects (checked in the handlers:
+/// `scope.rs`).
+const USER: Access = Access::Roles(&[Role::Admin, Role::Tenant]);
 
 /// The rule of one method (`/basalt.control.v1.Control/<Method>`).
 pub fn access(method: &str) -> Option<Access> {
@@ -19,7 +22,12 @@ pub fn access(method: &str) -> Option<Access> {
         // Operators.
         "CreateJoinToken" | "RevokeIdentity" | "ListStorageServers" | "DrainStorageServer"
         | "ListNodes" => ADMIN,
-        // The user API (tenants get their own principals in a later step).
+        // Tenants and their tokens and quotas.
+        "CreateTenant" | "ListTenants" | "DeleteTenant" | "SetTenantQuota" | "CreateApiToken"
+        | "ListApiTokens" | "RevokeApiToken" => ADMIN,
+        // A tenant reads its own entries.
+        "ListAudit" => USER,
+        // The user API: a tenant acts on its own tenant's objects only.
         "CreateVolume"
         | "DeleteVolume"
         | "DescribeVolume"
@@ -46,7 +54,7 @@ pub fn access(method: &str) -> Option<Access> {
         | "ListChangedBlocks"
         | "GetSnapshotBlock"
         | "WriteVolumeBlock"
-        | "ReadVolumeBlock" => ADMIN,
+        | "ReadVolumeBlock" => USER,
         _ => return None,
     })
 }
@@ -77,7 +85,12 @@ mod tests {
         assert_eq!(access("Join"), Some(Access::Public));
         assert_eq!(access("NoSuchMethod"), None);
         let p = policy();
-        assert_eq!(p("/basalt.control.v1.Control/DeleteVolume"), Some(ADMIN));
+        assert_eq!(p("/basalt.control.v1.Control/DeleteVolume"), Some(USER));
+        assert_eq!(p("/basalt.control.v1.Control/CreateApiToken"), Some(ADMIN));
+        assert_eq!(
+            p("/basalt.control.v1.Control/DrainStorageServer"),
+            Some(ADMIN)
+        );
         assert_eq!(p("/other.Service/DeleteVolume"), None);
     }
 }

@@ -108,6 +108,14 @@ impl Control {
                 s.id, v.id
             )));
         }
+        self.check_quota(
+            &v.tenant,
+            crate::tenants::Usage {
+                snapshots: 1,
+                snapshot_bytes: v.size_bytes,
+                ..Default::default()
+            },
+        )?;
         let set = self.next_snapshot_set(&v, &r.destination, &all)?;
         // Incremental to the latest complete snapshot in the same set: its
         // chunks are where this one's unchanged blocks go.
@@ -211,8 +219,9 @@ impl Control {
         Ok(s)
     }
 
+    /// Snapshots of `r.tenant` ("" = every tenant's).
     pub fn list_snapshots(&self, r: pb::ListSnapshotsRequest) -> Result<pb::ListSnapshotsResponse> {
-        let tenant = tenant_or_default(&r.tenant);
+        let tenant = r.tenant;
         let volume = match r.volume {
             Some(v) if v.id != 0 || !v.name.is_empty() => Some(self.find(&v)?.id),
             _ => None,
@@ -231,7 +240,9 @@ impl Control {
         let mut all: Vec<SnapshotRecord> = self
             .snapshots()?
             .into_iter()
-            .filter(|s| s.tenant == tenant && volume.is_none_or(|v| s.volume_id == v))
+            .filter(|s| {
+                (tenant.is_empty() || s.tenant == tenant) && volume.is_none_or(|v| s.volume_id == v)
+            })
             .filter(|s| s.id > after)
             .collect();
         all.sort_by_key(|s| s.id);

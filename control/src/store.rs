@@ -33,6 +33,10 @@ pub enum Table {
     Tokens,
     /// Revoked storage-server and node identities, `<role>/<id>`.
     Revoked,
+    /// Tenants (name, quota), by name.
+    Tenants,
+    /// The audit log of mutating calls, by `<seq:020>` (newest last).
+    Audit,
 }
 
 impl Table {
@@ -48,6 +52,8 @@ impl Table {
             Table::SnapshotBlocks => "snapshot_blocks",
             Table::Tokens => "tokens",
             Table::Revoked => "revoked",
+            Table::Tenants => "tenants",
+            Table::Audit => "audit",
         })
     }
 }
@@ -96,6 +102,8 @@ impl RedbStore {
             Table::SnapshotBlocks,
             Table::Tokens,
             Table::Revoked,
+            Table::Tenants,
+            Table::Audit,
         ] {
             tx.open_table(t.def()).map_err(be)?;
         }

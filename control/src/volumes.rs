@@ -162,6 +162,14 @@ impl Control {
                 r.name
             )));
         }
+        self.check_quota(
+            &tenant,
+            crate::tenants::Usage {
+                volumes: 1,
+                volume_bytes: r.size_bytes,
+                ..Default::default()
+            },
+        )?;
         let servers = place(&self.candidates()?, copies as usize, r.size_bytes)
             .map_err(ControlError::Exhausted)?;
         let v = VolumeRecord {
@@ -449,6 +457,7 @@ impl Control {
                 read_only: a.read_only,
                 queues: BACKEND_QUEUES,
                 attachment: a.generation,
+                grant: self.sign_grant(&v, &a)?,
             };
             cl.attach(req)
                 .await
@@ -557,6 +566,13 @@ impl Control {
                 )));
             }
         }
+        self.check_quota(
+            &v.tenant,
+            crate::tenants::Usage {
+                volume_bytes: r.new_size_bytes - v.size_bytes,
+                ..Default::default()
+            },
+        )?;
         v.state = VolumeState::Resizing;
         v.target_size = r.new_size_bytes;
         self.save(&v)?;

@@ -1,112 +1,66 @@
-//! Handshake payloads (`Hello`, `HelloChallenge`).
+//! What a data-plane peer sends before and around authentication: the
+//! `Hello` (decoded only after the TLS handshake, but from any cluster
+//! member), attachment grants, and sealed records.
 //!
 //! Input: one mode byte, then
 //! - mode 0: bytes for `Hello::decode`;
-//! - mode 1: bytes for `HelloChallenge::decode`;
-//! - otherwise: structured values (key, nonce, server id, identity) for
-//!   `Hello::new`, encoded and decoded again.
+//! - mode 1: bytes for `GrantVerifier::verify` (against a fixed CA);
+//! - mode 2: bytes fed to a sealed-record reader as if from the network;
+//! - otherwise: all three.
 //!
 //! Invariants checked:
-//! - decoders never panic, and a successful decode re-encodes to exactly the
-//!   input bytes;
-//! - `verify` with a fixed (or empty) key never panics;
-//! - a hello built with `Hello::new` decodes to itself and verifies with
-//!   its key and nonce, and fails to verify with a different key or nonce
-//!   (unless the identity is a replication peer naming a volume or an
-//!   attachment, which `decode` refuses: see the report);
-//! - a challenge whose server id fits (<= 256 bytes) round-trips.
+//! - nothing panics;
+//! - a decoded Hello re-encodes to exactly the input bytes, and a
+//!   replication Hello names no volume, attachment or grant;
+//! - no byte string verifies as a grant unless the CA signed it (the fixed
+//!   CA signs nothing here, so every input is refused);
+//! - a record reader fed bytes not sealed with its key yields no plaintext.
 
 #![no_main]
 
-use arbitrary::{Arbitrary, Unstructured};
-use basalt_proto::wire::{Hello, HelloChallenge, Identity, PeerRole, NONCE_LEN};
+use std::io::Read;
+use std::sync::OnceLock;
+
+use basalt_auth::session::{OpenReader, Opener};
+use basalt_auth::testing::TestPki;
+use basalt_auth::GrantVerifier;
+use basalt_proto::wire::{Hello, PeerRole};
 use libfuzzer_sys::fuzz_target;
 
-const KEY: &[u8] = b"fuzz-cluster-key";
-
-#[derive(Arbitrary, Debug)]
-struct Built {
-    key: Vec<u8>,
-    nonce: [u8; NONCE_LEN],
-    server_id: String,
-    backend: bool,
-    peer_id: String,
-    volume_id: u64,
-    attachment: u64,
+fn verifier() -> &'static GrantVerifier {
+    static V: OnceLock<GrantVerifier> = OnceLock::new();
+    V.get_or_init(|| {
+        let pki = TestPki::new();
+        GrantVerifier::new(pki.ca_pem()).expect("a test CA")
+    })
 }
 
 fn hello_bytes(b: &[u8]) {
     if let Ok(h) = Hello::decode(b) {
         assert_eq!(h.encode(), b, "Hello decode/encode changed the bytes");
-        let nonce = [0u8; NONCE_LEN];
-        let _ = h.verify(KEY, &nonce);
-        let _ = h.verify(&[], &nonce);
-        let who = h.identity();
-        assert_eq!(who.peer_id, h.peer_id);
         if h.role == PeerRole::Replication {
-            assert_eq!((h.volume_id, h.attachment), (0, 0));
+            assert_eq!((h.volume_id, h.attachment, h.grant.len()), (0, 0, 0));
+        } else {
+            assert!(!h.grant.is_empty());
         }
     }
 }
 
-fn challenge_bytes(b: &[u8]) {
-    if let Ok(c) = HelloChallenge::decode(b) {
-        assert_eq!(
-            c.encode(),
-            b,
-            "HelloChallenge decode/encode changed the bytes"
-        );
-    }
+fn grant_bytes(b: &[u8]) {
+    assert!(
+        verifier().verify(b, 0).is_err(),
+        "bytes the CA never signed verified as a grant"
+    );
 }
 
-fn built(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
-    let b = Built::arbitrary(u)?;
-    let ch = HelloChallenge {
-        nonce: b.nonce,
-        server_id: b.server_id.clone(),
-    };
-    let enc = ch.encode();
-    match HelloChallenge::decode(&enc) {
-        Ok(d) if b.server_id.len() <= 256 => assert_eq!(d, ch),
-        Ok(d) => assert!(b.server_id.starts_with(&d.server_id)),
-        Err(_) => assert!(
-            b.server_id.len() > 256,
-            "a short server id did not round-trip"
-        ),
+fn record_bytes(b: &[u8]) {
+    let mut r = OpenReader::new(b, Some(Opener::new(&[3u8; 44])));
+    let mut out = vec![0u8; 4096];
+    // Random bytes never open (authentication fails first).
+    match r.read(&mut out) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes of plaintext from unsealed input"),
     }
-    let role = if b.backend {
-        PeerRole::Backend
-    } else {
-        PeerRole::Replication
-    };
-    let who = Identity {
-        role,
-        peer_id: &b.peer_id,
-        volume_id: b.volume_id,
-        attachment: b.attachment,
-    };
-    let h = Hello::new(&b.key, &ch, who);
-    assert!(h.verify(&b.key, &b.nonce));
-    assert!(b.peer_id.starts_with(&h.peer_id));
-    let mut other_key = b.key.clone();
-    other_key.push(1);
-    assert!(!h.verify(&other_key, &b.nonce));
-    let mut other_nonce = b.nonce;
-    other_nonce[0] ^= 1;
-    assert!(!h.verify(&b.key, &other_nonce));
-    let bytes = h.encode();
-    match Hello::decode(&bytes) {
-        Ok(d) => {
-            assert_eq!(d, h);
-            assert!(d.verify(&b.key, &b.nonce));
-            assert_eq!(d.encode(), bytes);
-        }
-        Err(e) => assert!(
-            role == PeerRole::Replication && (b.volume_id, b.attachment) != (0, 0),
-            "Hello::new produced a hello that does not decode: {e}"
-        ),
-    }
-    Ok(())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -115,12 +69,12 @@ fuzz_target!(|data: &[u8]| {
     };
     match mode {
         0 => hello_bytes(rest),
-        1 => challenge_bytes(rest),
+        1 => grant_bytes(rest),
+        2 => record_bytes(rest),
         _ => {
-            // The same bytes through both decoders, then as structured values.
             hello_bytes(rest);
-            challenge_bytes(rest);
-            let _ = built(&mut Unstructured::new(rest));
+            grant_bytes(rest);
+            record_bytes(rest);
         }
     }
 });

@@ -23,11 +23,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use basalt_proto::wire::{Flags, Header, Hello, Opcode, PeerRole, Status, AUTH_TAG_LEN};
+use basalt_proto::wire::{Flags, Header, Opcode, PeerRole, Status};
 use basalt_storage::copy::MAX_EPOCH_JUMP;
 use basalt_storage::dataplane::{handle_request, Connections, DataCtx};
 use basalt_storage::meta::{PeerMeta, Role};
 use basalt_storage::mirror::LinkSettings;
+use basalt_storage::session::{DataTls, Peer};
 use basalt_storage::store::{Layout, Store};
 use libfuzzer_sys::fuzz_target;
 use tokio::sync::mpsc;
@@ -98,27 +99,39 @@ fn rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn hello(who: Who, models: &[Model; 2]) -> Hello {
+/// Data-plane TLS settings (unused: requests are handled directly).
+fn tls() -> Arc<DataTls> {
+    static TLS: std::sync::OnceLock<Arc<DataTls>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let pki = basalt_auth::testing::TestPki::new();
+        Arc::new(
+            DataTls::new(&pki.issue(basalt_auth::Role::Storage, "s"), false).expect("test TLS"),
+        )
+    })
+    .clone()
+}
+
+fn hello(who: Who, models: &[Model; 2]) -> Peer {
     match who {
         Who::Backend { volume, delta } => {
             let v = u64::from(volume % 3);
             let current = models
                 .get(v.saturating_sub(1) as usize)
                 .map_or(0, |m| m.attachment);
-            Hello {
+            Peer {
                 role: PeerRole::Backend,
-                peer_id: "b".into(),
+                id: "b".into(),
                 volume_id: v,
                 attachment: current.wrapping_add(delta as i64 as u64),
-                tag: [0; AUTH_TAG_LEN],
+                read_only: false,
             }
         }
-        Who::Replica { primary } => Hello {
+        Who::Replica { primary } => Peer {
             role: PeerRole::Replication,
-            peer_id: if primary { "p".into() } else { "x".into() },
+            id: if primary { "p".into() } else { "x".into() },
             volume_id: 0,
             attachment: 0,
-            tag: [0; AUTH_TAG_LEN],
+            read_only: false,
         },
     }
 }
@@ -146,7 +159,7 @@ fn run(ops: Vec<Op>) {
     let _rt = rt().enter();
     let settings = LinkSettings {
         local_server_id: "s".into(),
-        cluster_key: Arc::new(Vec::new()),
+        tls: tls(),
         reconnect: Duration::from_millis(50),
         connect_timeout: Duration::from_millis(50),
         sync_timeout: Duration::from_millis(50),
@@ -174,7 +187,7 @@ fn run(ops: Vec<Op>) {
     }
     let ctx = DataCtx {
         store: store.clone(),
-        cluster_key: Vec::new(),
+        tls: tls(),
         mirror_timeout: Duration::from_millis(50),
         mirror_sync_timeout: Duration::from_millis(50),
         connections: Arc::new(Connections::new(4)),
@@ -297,7 +310,7 @@ fn run(ops: Vec<Op>) {
                             && m.primary
                             && !replica
                     }
-                    PeerRole::Replication => peer.peer_id == "p" && !m.primary && replica,
+                    PeerRole::Replication => peer.id == "p" && !m.primary && replica,
                 };
                 if r.status == Status::Ok {
                     assert!(allowed, "{opcode:?} from {peer:?} answered Ok on {m:?}");

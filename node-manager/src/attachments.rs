@@ -243,7 +243,10 @@ impl Attachments {
                 });
             }
             if p.attachment == cur.attachment {
-                if cur == p {
+                if cur.same_attachment(&p) {
+                    if !p.grant.is_empty() && p.grant != cur.grant {
+                        self.renew_grant(e, &p.grant)?;
+                    }
                     return Ok(Self::info(e));
                 }
                 return Err(AttachError::Conflict {
@@ -425,13 +428,32 @@ impl Attachments {
 
     /// Installs a new primary/epoch for `attachment`, which must be the
     /// one held here. Epochs never move back, nor jump implausibly far.
+    /// Stores a renewed grant for the backend (which reads it at its next
+    /// connection) and in the attachment's record.
+    fn renew_grant(&self, e: &Arc<Entry>, grant: &[u8]) -> Result<(), AttachError> {
+        let volume_id = e.params().volume_id;
+        params::store_grant(&self.settings.state_dir, volume_id, grant).map_err(|err| {
+            AttachError::Precondition {
+                volume_id,
+                msg: format!("cannot store the attachment grant: {err}"),
+            }
+        })?;
+        lock(&e.params).grant = grant.to_vec();
+        self.save(e)?;
+        Ok(())
+    }
+
     pub async fn update_layout(
         &self,
         volume_id: u64,
         primary: String,
         epoch: u64,
         attachment: u64,
+        grant: Vec<u8>,
     ) -> Result<(), AttachError> {
+        if grant.len() > basalt_auth::grant::MAX_GRANT_LEN {
+            return Err(ParamsError::Grant(grant.len()).into());
+        }
         check_layout(&primary, epoch)?;
         let vl = self.volume_lock(volume_id);
         let _g = vl.lock().await;
@@ -452,6 +474,9 @@ impl Attachments {
                     "epoch {epoch} is older than the current {cur}; layouts only move forward"
                 ),
             });
+        }
+        if !grant.is_empty() {
+            self.renew_grant(&e, &grant)?;
         }
         {
             let mut p = lock(&e.params);

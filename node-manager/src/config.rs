@@ -66,9 +66,6 @@ pub struct Args {
     /// Most volumes attached at once; Attach beyond it is refused.
     #[arg(long, default_value_t = 64)]
     pub max_attachments: usize,
-    /// Cluster key file passed to every backend.
-    #[arg(long, value_name = "PATH")]
-    pub cluster_key_file: Option<PathBuf>,
     /// First pause before restarting a backend that died (doubles up to 5 s).
     #[arg(long, default_value_t = 200)]
     pub restart_backoff_ms: u64,
@@ -136,7 +133,6 @@ pub struct BackendSettings {
     /// Identity backends run as (`None`: the node manager's own).
     pub backend_user: Option<Owner>,
     pub max_attachments: usize,
-    pub cluster_key_file: Option<PathBuf>,
     pub retry_interval_ms: Option<u64>,
     /// Control service URL given to backends (they ask it for a new layout
     /// when their primary fails).
@@ -170,8 +166,6 @@ pub enum ConfigError {
     BackendBin(String),
     #[error("--run-dir {0} is too long for unix socket paths (at most {MAX_RUN_DIR_LEN} bytes); choose a shorter directory such as /run/basalt")]
     RunDirTooLong(PathBuf),
-    #[error("--cluster-key-file {0} does not exist; check the path")]
-    KeyFile(PathBuf),
     #[error("--max-attachments {0} is out of range; use 1..={MAX_MAX_ATTACHMENTS}")]
     MaxAttachments(usize),
     #[error("--backend-user {0:?}: {1}")]
@@ -295,11 +289,6 @@ impl TryFrom<Args> for Config {
                 bin.display()
             )));
         }
-        if let Some(k) = &a.cluster_key_file {
-            if !k.exists() {
-                return Err(ConfigError::KeyFile(k.clone()));
-            }
-        }
         if a.backend_retry_interval_ms == Some(0) {
             return Err(ConfigError::ZeroTimer("backend-retry-interval-ms"));
         }
@@ -322,7 +311,6 @@ impl TryFrom<Args> for Config {
                 .map(parse_backend_user)
                 .transpose()?,
             max_attachments: a.max_attachments,
-            cluster_key_file: a.cluster_key_file,
             retry_interval_ms: a.backend_retry_interval_ms,
             control: a.control.clone(),
             tls_dir: tls_dir.clone(),
@@ -522,7 +510,6 @@ mod tests {
         assert!(parse(&["--backend-bin", "/nonexistent/bin"])
             .unwrap_err()
             .contains("--backend-bin"));
-        assert!(parse(&["--cluster-key-file", "/nonexistent/key"]).is_err());
         let a = Args::try_parse_from([
             "x",
             "--node-id",

@@ -83,6 +83,7 @@ impl NodeAgent for NodeAgentService {
             read_only: r.read_only,
             queues: r.queues,
             attachment: r.attachment,
+            grant: r.grant,
         };
         let i = self.attachments.attach(p).await.map_err(to_status)?;
         Ok(Response::new(pb::AttachResponse {
@@ -120,7 +121,13 @@ impl NodeAgent for NodeAgentService {
     ) -> Result<Response<pb::UpdateLayoutResponse>, Status> {
         let r = req.into_inner();
         self.attachments
-            .update_layout(r.volume_id, r.primary_address, r.epoch, r.attachment)
+            .update_layout(
+                r.volume_id,
+                r.primary_address,
+                r.epoch,
+                r.attachment,
+                r.grant,
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::UpdateLayoutResponse {}))

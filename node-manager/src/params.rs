@@ -38,6 +38,10 @@ pub struct AttachParams {
     /// control service that issues none, and in records written before).
     #[serde(default)]
     pub attachment: u64,
+    /// The attachment grant the control service signed (see
+    /// `basalt_auth::grant`); the backend reads it from [`grant_path`].
+    #[serde(default)]
+    pub grant: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub enum ParamsError {
     Primary(String),
     #[error("epoch must be at least 1 (epochs start at 1)")]
     Epoch,
+    #[error("the attachment grant is {0} bytes, more than any grant the control service signs")]
+    Grant(usize),
     #[error("queues {0} is out of range; use 1..={MAX_QUEUES} (0 means {DEFAULT_QUEUES})")]
     Queues(u32),
     #[error("epoch {epoch} is more than {MAX_EPOCH_STEP} above the current {current}; refusing an implausible jump")]
@@ -86,8 +92,36 @@ impl AttachParams {
         if self.queues > MAX_QUEUES {
             return Err(ParamsError::Queues(self.queues));
         }
+        if self.grant.len() > basalt_auth::grant::MAX_GRANT_LEN {
+            return Err(ParamsError::Grant(self.grant.len()));
+        }
         Ok(self)
     }
+
+    /// The same attachment, whatever its grant (a control service retrying
+    /// an attach signs a new one).
+    pub fn same_attachment(&self, other: &AttachParams) -> bool {
+        AttachParams {
+            grant: Vec::new(),
+            ..self.clone()
+        } == AttachParams {
+            grant: Vec::new(),
+            ..other.clone()
+        }
+    }
+}
+
+/// Stores `grant` where the backend of `volume_id` reads it (nothing for
+/// an empty grant: the backend then refuses to start, saying so).
+pub fn store_grant(
+    state_dir: &Path,
+    volume_id: u64,
+    grant: &[u8],
+) -> Result<(), basalt_auth::FilesError> {
+    if grant.is_empty() {
+        return Ok(());
+    }
+    basalt_auth::grant::save(&grant_path(state_dir, volume_id), grant)
 }
 
 /// Checks that `epoch` may follow `current`: not older, and not an
@@ -127,6 +161,13 @@ pub fn log_path(state_dir: &Path, volume_id: u64) -> PathBuf {
     state_dir.join("logs").join(format!("vol-{volume_id}.log"))
 }
 
+/// Where the attachment grant of `volume_id` is stored for its backend.
+pub fn grant_path(state_dir: &Path, volume_id: u64) -> PathBuf {
+    state_dir
+        .join("grants")
+        .join(format!("vol-{volume_id}.grant"))
+}
+
 /// Arguments of `basalt-vhost-blk` for this attachment.
 pub fn backend_args(p: &AttachParams, socket: &Path, s: &BackendSettings) -> Vec<String> {
     let mut v = vec![
@@ -148,10 +189,12 @@ pub fn backend_args(p: &AttachParams, socket: &Path, s: &BackendSettings) -> Vec
     if p.read_only {
         v.push("--read-only".to_owned());
     }
-    if let Some(k) = &s.cluster_key_file {
-        v.push("--cluster-key-file".to_owned());
-        v.push(k.display().to_string());
-    }
+    // The backend presents the node's certificate and the grant to storage
+    // servers, and calls the control service (if any) as this node.
+    v.push("--tls-dir".to_owned());
+    v.push(s.tls_dir.display().to_string());
+    v.push("--grant-file".to_owned());
+    v.push(grant_path(&s.state_dir, p.volume_id).display().to_string());
     if let Some(ms) = s.retry_interval_ms {
         v.push("--retry-interval-ms".to_owned());
         v.push(ms.to_string());
@@ -161,8 +204,6 @@ pub fn backend_args(p: &AttachParams, socket: &Path, s: &BackendSettings) -> Vec
         // node's certificate.
         v.push("--control".to_owned());
         v.push(c.clone());
-        v.push("--tls-dir".to_owned());
-        v.push(s.tls_dir.display().to_string());
     }
     v
 }
@@ -217,6 +258,7 @@ mod tests {
             read_only: false,
             queues: 0,
             attachment: 3,
+            grant: vec![1, 2, 3],
         }
     }
 
@@ -279,7 +321,6 @@ mod tests {
             socket_owner: None,
             backend_user: None,
             max_attachments: 1,
-            cluster_key_file: None,
             retry_interval_ms: None,
             control: None,
             tls_dir: "/s/tls".into(),
@@ -294,9 +335,13 @@ mod tests {
         q.attachment = 0;
         let a = backend_args(&q, Path::new("/r/vol-7/sock"), &s);
         assert!(a.windows(2).any(|w| w == ["--attachment", "0"]), "{a:?}");
-        // Standalone: no control service, no identity to pass.
+        // Standalone: no control service; the node's identity and the
+        // grant go to every backend (storage servers require them).
+        assert!(!a.iter().any(|f| f == "--control"), "{a:?}");
+        assert!(a.windows(2).any(|w| w == ["--tls-dir", "/s/tls"]), "{a:?}");
         assert!(
-            !a.iter().any(|f| f == "--control" || f == "--tls-dir"),
+            a.windows(2)
+                .any(|w| w == ["--grant-file", "/s/grants/vol-7.grant"]),
             "{a:?}"
         );
         let with_control = BackendSettings {

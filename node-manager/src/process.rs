@@ -265,6 +265,12 @@ pub async fn start(
         safefs::ensure_own_dir(d, 0o700)?;
     }
     let dir = socket_dir(p.volume_id, socket, owner, s)?;
+    let grant = crate::params::grant_path(&s.state_dir, p.volume_id);
+    if let Some(d) = grant.parent() {
+        safefs::ensure_own_dir(d, 0o755)?;
+    }
+    crate::params::store_grant(&s.state_dir, p.volume_id, &p.grant)
+        .map_err(|e| io_err(&grant)(std::io::Error::other(e.to_string())))?;
     let ctl_name = dir.ctl_name();
     // Stale sockets (or whatever was planted under their names) go first:
     // a stale control socket would look like readiness.

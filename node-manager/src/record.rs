@@ -153,6 +153,7 @@ mod tests {
                 read_only: true,
                 queues: 2,
                 attachment: 4,
+                grant: vec![9; 100],
             },
             socket: PathBuf::from(format!("/run/vol-{id}/sock")),
             socket_owner: Some(Some(Owner { uid: 7, gid: 8 })),

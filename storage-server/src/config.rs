@@ -24,10 +24,13 @@ pub struct Args {
     /// Admin gRPC listen address.
     #[arg(long, default_value = "127.0.0.1:7501")]
     pub admin_listen: SocketAddr,
-    /// File with the cluster key for the data-plane handshake. Without it the
-    /// key is empty: development only.
-    #[arg(long)]
-    pub cluster_key_file: Option<PathBuf>,
+    /// `off`: also accept backends that ask for data-plane frames in the
+    /// clear, and replicate to mirrors in the clear. Certificates, grants
+    /// and the Hello checks are unchanged, but frames are then neither
+    /// encrypted nor individually authenticated: only for a network where
+    /// no one can read or inject traffic (and for measuring the cost).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub data_encryption: String,
     /// How long a primary waits for a mirror's acknowledgement of a write.
     /// When one is overdue the mirror is taken as hung: its connection is
     /// torn down, every write waiting for it is answered MirrorUnavailable
@@ -119,11 +122,6 @@ pub struct Args {
 pub enum ConfigError {
     #[error("--server-id {0:?} is not a valid server id: use 1-63 lowercase letters, digits and '-', not starting or ending with '-' (it names the server in its certificate, <id>.storage.basalt)")]
     ServerId(String),
-    #[error("cannot read cluster key file {path}: {source}")]
-    KeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{0} must be greater than zero")]
     ZeroTimer(&'static str),
     #[error("{flag} must be between {min} and {max}, got {got}")]
@@ -150,7 +148,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub cluster_key: Vec<u8>,
+    /// `--data-encryption off`.
+    pub data_clear: bool,
     pub mirror_timeout: Duration,
     pub mirror_sync_timeout: Duration,
     pub mirror_reconnect: Duration,
@@ -227,20 +226,13 @@ impl TryFrom<Args> for ServerConfig {
             MAX_BUFFER_MIB,
             a.mirror_queue_mib,
         )? << 20;
-        let cluster_key = match &a.cluster_key_file {
-            Some(path) => std::fs::read(path).map_err(|source| ConfigError::KeyFile {
-                path: path.clone(),
-                source,
-            })?,
-            None => Vec::new(),
-        };
         let tls_dir = a.tls_dir.unwrap_or_else(|| a.data_dir.join("tls"));
         Ok(ServerConfig {
             server_id: a.server_id,
             data_dir: a.data_dir,
             listen: a.listen,
             admin_listen: a.admin_listen,
-            cluster_key,
+            data_clear: a.data_encryption == "off",
             mirror_timeout: Duration::from_millis(a.mirror_timeout_ms),
             mirror_sync_timeout: Duration::from_millis(a.mirror_sync_timeout_ms),
             mirror_reconnect: Duration::from_millis(a.mirror_reconnect_ms),

@@ -25,22 +25,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use basalt_proto::wire::{Flags, Header, Hello, Opcode, PeerRole, Status, HEADER_LEN, MAX_PAYLOAD};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use basalt_auth::session::SealWriter;
+use basalt_proto::wire::{Flags, Header, Opcode, PeerRole, Status, HEADER_LEN, MAX_PAYLOAD};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::copy::{Copy, CopyError};
 use crate::error_map::wire_status;
-use crate::frames::{accept_hello, pool, read_frame, StallDeadline};
+use crate::frames::{pool, read_frame, StallDeadline};
 use crate::mirror::{AckJoin, AckTo, MirrorLink, Payload};
+use crate::session::{self, DataTls, Peer};
 use crate::snap::hydrate::{self, Hydration};
 use crate::store::Store;
 
 pub struct DataCtx {
     pub store: Arc<Store>,
-    pub cluster_key: Vec<u8>,
+    pub tls: Arc<DataTls>,
     pub mirror_timeout: Duration,
     /// Deadline of a mirror's answer to a Flush or FUA write (an fdatasync).
     pub mirror_sync_timeout: Duration,
@@ -82,9 +84,6 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 /// A connection's response frames. Unbounded as a channel, bounded in
 /// bytes: every frame was reserved from the connection's budget.
 type Out = mpsc::UnboundedSender<Vec<u8>>;
-
-/// Read buffer of a connection.
-const READ_BUF: usize = 256 << 10;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<DataCtx>) {
     let mut refused = 0u64;
@@ -147,12 +146,11 @@ fn frame_weight(frame: &[u8]) -> u32 {
     weight(Opcode::Read, length)
 }
 
-async fn connection(mut stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result<()> {
+async fn connection(stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let local = ctx.store.local_id().to_owned();
-    let hello = tokio::time::timeout(
+    let (peer, (mut rd, wr)) = tokio::time::timeout(
         ctx.handshake_timeout,
-        accept_hello(&mut stream, &ctx.cluster_key, &local),
+        session::accept(stream, &ctx.tls, ctx.peer_timeout),
     )
     .await
     .map_err(|_| {
@@ -164,15 +162,13 @@ async fn connection(mut stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result
             ),
         )
     })??;
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(READ_BUF, rd);
     // One largest response always fits, so no request waits forever.
     let budget = ctx
         .response_budget
         .max(weight(Opcode::Read, MAX_PAYLOAD) as usize);
     let budget = Arc::new(Semaphore::new(budget));
     let (out, rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let mut writer = tokio::spawn(write_responses(wr, rx, budget.clone(), ctx.peer_timeout));
+    let mut writer = tokio::spawn(write_responses(wr, rx, budget.clone()));
     let mut payload = Vec::new();
     let reader = async {
         loop {
@@ -187,7 +183,7 @@ async fn connection(mut stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result
                 Ok(p) => p.forget(),
                 Err(_) => return std::io::Error::other("response writer stopped"),
             }
-            handle(&ctx, &hello, h, &mut payload, &out);
+            handle(&ctx, &peer, h, &mut payload, &out);
         }
     };
     let (read_end, written) = tokio::select! {
@@ -210,17 +206,17 @@ async fn connection(mut stream: TcpStream, ctx: Arc<DataCtx>) -> std::io::Result
 }
 
 /// Writes a connection's responses, batching what is queued into few
-/// syscalls, and gives each one's weight back to the connection's budget.
-/// Fails when the peer makes no progress reading for `peer_timeout`.
-/// Closes the budget when it ends, so a reader waiting for room stops.
+/// syscalls (and sealed records), and gives each one's weight back to the
+/// connection's budget. Fails when the peer makes no progress reading for
+/// the peer timeout (`StallDeadline`). Closes the budget when it ends, so a
+/// reader waiting for room stops.
 async fn write_responses(
-    wr: OwnedWriteHalf,
+    wr: SealWriter<StallDeadline<OwnedWriteHalf>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     budget: Arc<Semaphore>,
-    peer_timeout: Duration,
 ) -> std::io::Result<()> {
     let written = async {
-        let mut wr = BufWriter::with_capacity(256 << 10, StallDeadline::new(wr, peer_timeout));
+        let mut wr = BufWriter::with_capacity(256 << 10, wr);
         let mut last_batch = 1usize;
         let release = |frame: Vec<u8>| {
             budget.add_permits(frame_weight(&frame) as usize);
@@ -276,7 +272,7 @@ fn reply_err(out: &Out, req: &Header, e: &CopyError) {
 #[doc(hidden)]
 pub fn handle_request(
     ctx: &DataCtx,
-    peer: &Hello,
+    peer: &Peer,
     h: Header,
     payload: &mut Vec<u8>,
     out: &mpsc::UnboundedSender<Vec<u8>>,
@@ -284,7 +280,7 @@ pub fn handle_request(
     handle(ctx, peer, h, payload, out)
 }
 
-fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &Out) {
+fn handle(ctx: &DataCtx, peer: &Peer, h: Header, payload: &mut Vec<u8>, out: &Out) {
     if h.is_response() || h.opcode == Opcode::Hello {
         return reply(out, h.response(Status::InvalidRequest));
     }
@@ -303,6 +299,14 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
         PeerRole::Backend => Some(peer.attachment),
         PeerRole::Replication => None,
     };
+    let mutation = matches!(
+        h.opcode,
+        Opcode::Write | Opcode::Discard | Opcode::WriteZeroes
+    );
+    // A read-only grant reads and flushes, nothing else.
+    if peer.read_only && mutation {
+        return reply(out, h.response(Status::Unauthorized));
+    }
     let Some(copy) = ctx.store.get(h.volume_id) else {
         return reply(out, h.response(Status::NoSuchVolume));
     };
@@ -310,10 +314,6 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
     if !role_ok(&copy, peer, replica) {
         return reply(out, h.response(Status::WrongRole));
     }
-    let mutation = matches!(
-        h.opcode,
-        Opcode::Write | Opcode::Discard | Opcode::WriteZeroes
-    );
     // A mutation's epoch, attachment and role are checked again under the
     // ordering lock, where it is applied: see `Copy::ordered`.
     if !mutation {
@@ -374,7 +374,7 @@ fn handle(ctx: &DataCtx, peer: &Hello, h: Header, payload: &mut Vec<u8>, out: &O
 #[allow(clippy::too_many_arguments)]
 fn after_hydration(
     ctx: &DataCtx,
-    peer: &Hello,
+    peer: &Peer,
     copy: Arc<Copy>,
     hyd: Arc<Hydration>,
     blocks: Vec<u64>,
@@ -403,11 +403,11 @@ fn after_hydration(
 
 /// Backends may only address primaries; replica frames are accepted only
 /// from the server a mirror's metadata names as its primary.
-fn role_ok(copy: &Copy, peer: &Hello, replica: bool) -> bool {
+fn role_ok(copy: &Copy, peer: &Peer, replica: bool) -> bool {
     match peer.role {
         PeerRole::Backend => !replica && copy.is_primary(),
         PeerRole::Replication => {
-            replica && !copy.is_primary() && copy.primary_server_id() == peer.peer_id
+            replica && !copy.is_primary() && copy.primary_server_id() == peer.id
         }
     }
 }
@@ -461,7 +461,7 @@ struct Timeouts {
 
 fn primary_mutation(
     ctx: Timeouts,
-    peer: &Hello,
+    peer: &Peer,
     copy: Arc<Copy>,
     h: Header,
     payload: &mut Vec<u8>,

@@ -85,6 +85,14 @@ reports_only! {
     create_join_token(pb::CreateJoinTokenRequest) -> pb::CreateJoinTokenResponse;
     join(pb::JoinRequest) -> pb::JoinResponse;
     revoke_identity(pb::RevokeIdentityRequest) -> pb::RevokeIdentityResponse;
+    create_tenant(pb::CreateTenantRequest) -> pb::Tenant;
+    list_tenants(pb::ListTenantsRequest) -> pb::ListTenantsResponse;
+    delete_tenant(pb::DeleteTenantRequest) -> pb::DeleteTenantResponse;
+    set_tenant_quota(pb::SetTenantQuotaRequest) -> pb::Tenant;
+    create_api_token(pb::CreateApiTokenRequest) -> pb::CreateApiTokenResponse;
+    list_api_tokens(pb::ListApiTokensRequest) -> pb::ListApiTokensResponse;
+    revoke_api_token(pb::RevokeApiTokenRequest) -> pb::RevokeApiTokenResponse;
+    list_audit(pb::ListAuditRequest) -> pb::ListAuditResponse;
 }
 
 /// Serves `handler` on `listener` over TLS as `creds` (the control

@@ -1,4 +1,5 @@
-//! Async frame I/O and the handshake, on top of `basalt_proto::wire`.
+//! Async frame I/O on top of `basalt_proto::wire` (the handshake is in
+//! `session.rs`).
 
 use std::future::Future;
 use std::io;
@@ -6,11 +7,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use basalt_proto::wire::{
-    verify_payload, Header, Hello, HelloChallenge, Identity, Opcode, Status, WireError, HEADER_LEN,
-    MAX_HELLO_PAYLOAD, MAX_PAYLOAD,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use basalt_proto::wire::{verify_payload, Header, WireError, HEADER_LEN, MAX_PAYLOAD};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 fn invalid(e: WireError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
@@ -216,78 +214,10 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for StallDeadline<W> {
     }
 }
 
-/// Server side of the handshake. Returns the authenticated peer.
-pub async fn accept_hello<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    key: &[u8],
-    server_id: &str,
-) -> io::Result<Hello> {
-    let challenge = HelloChallenge {
-        nonce: rand::random(),
-        server_id: server_id.to_owned(),
-    };
-    let body = challenge.encode();
-    let h = Header::request(Opcode::Hello, 0, 0, 0).with_payload(&body);
-    s.write_all(&encode_frame(&h, &body)).await?;
-    // Unauthenticated: a handshake-sized buffer, nothing more.
-    let mut buf = Vec::new();
-    let h = read_frame_bounded(s, &mut buf, MAX_HELLO_PAYLOAD).await?;
-    if h.opcode != Opcode::Hello || h.is_response() {
-        return Err(invalid(WireError::Malformed {
-            what: "handshake",
-            why: "expected Hello",
-        }));
-    }
-    let hello = Hello::decode(&buf).map_err(invalid)?;
-    let ok = hello.verify(key, &challenge.nonce);
-    let status = if ok { Status::Ok } else { Status::Unauthorized };
-    s.write_all(&h.response(status).encode()).await?;
-    if !ok {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "peer {:?} failed authentication: check --cluster-key-file on both sides",
-                hello.peer_id
-            ),
-        ));
-    }
-    Ok(hello)
-}
-
-/// Client side of the handshake. Returns the server's id.
-pub async fn connect_hello<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    key: &[u8],
-    who: Identity<'_>,
-) -> io::Result<String> {
-    let mut buf = Vec::new();
-    let h = read_frame_bounded(s, &mut buf, MAX_HELLO_PAYLOAD).await?;
-    if h.opcode != Opcode::Hello || h.is_response() {
-        return Err(invalid(WireError::Malformed {
-            what: "handshake",
-            why: "expected challenge",
-        }));
-    }
-    let challenge = HelloChallenge::decode(&buf).map_err(invalid)?;
-    let body = Hello::new(key, &challenge, who).encode();
-    let h = Header::request(Opcode::Hello, 1, 0, 0).with_payload(&body);
-    s.write_all(&encode_frame(&h, &body)).await?;
-    let r = read_frame_bounded(s, &mut buf, MAX_HELLO_PAYLOAD).await?;
-    if r.opcode != Opcode::Hello || !r.is_response() || r.status != Status::Ok {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "server {} refused the handshake ({:?})",
-                challenge.server_id, r.status
-            ),
-        ));
-    }
-    Ok(challenge.server_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

@@ -6,6 +6,8 @@ pub mod admin;
 pub mod config;
 pub mod control_client;
 pub mod copy;
+#[doc(hidden)]
+pub mod data_client;
 pub mod dataplane;
 pub mod dirty;
 mod error_map;
@@ -15,6 +17,7 @@ pub mod meta;
 pub mod mirror;
 pub mod report;
 pub mod resync;
+pub mod session;
 pub mod snap;
 pub mod store;
 pub mod testing;
@@ -44,6 +47,8 @@ pub struct Bound {
     config: ServerConfig,
     /// This server's identity (admin server, control client).
     creds: Credentials,
+    /// Data-plane TLS settings and grant checker.
+    tls: Arc<session::DataTls>,
     /// The control service, over mutual TLS (with `--control`).
     control: Option<Endpoint>,
     _lock: std::fs::File,
@@ -119,15 +124,19 @@ fn check_fd_limit(max_connections: usize) {
 pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
     let lock = lock_data_dir(&config.data_dir)?;
     check_fd_limit(config.max_connections);
+    let creds = credentials(&config).await?;
+    let tls = Arc::new(
+        session::DataTls::new(&creds, config.data_clear)
+            .context("cannot set up data-plane TLS from --tls-dir")?,
+    );
     let settings = mirror::LinkSettings {
         local_server_id: config.server_id.clone(),
-        cluster_key: Arc::new(config.cluster_key.clone()),
+        tls: tls.clone(),
         reconnect: config.mirror_reconnect,
         connect_timeout: config.mirror_timeout,
         sync_timeout: config.peer_timeout,
         queue_bytes: config.mirror_queue,
     };
-    let creds = credentials(&config).await?;
     let to_control = || creds.client_tls(&Principal::control());
     let reporter = match &config.control {
         Some(url) => Some(Arc::new(report::Reporter::new(
@@ -161,6 +170,7 @@ pub async fn bind(config: ServerConfig) -> anyhow::Result<Bound> {
         connections: Arc::new(dataplane::Connections::new(config.max_connections)),
         config,
         creds,
+        tls,
         control,
         _lock: lock,
     })
@@ -181,7 +191,7 @@ impl Bound {
             .layer(AuthLayer::certificates(admin_policy()));
         let ctx = Arc::new(dataplane::DataCtx {
             store: self.store.clone(),
-            cluster_key: self.config.cluster_key.clone(),
+            tls: self.tls.clone(),
             mirror_timeout: self.config.mirror_timeout,
             mirror_sync_timeout: self.config.mirror_sync_timeout,
             connections: self.connections.clone(),

@@ -28,13 +28,13 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use basalt_proto::wire::{Header, Identity, Opcode, PeerRole, Status, HEADER_LEN};
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use basalt_proto::wire::{Header, Opcode, Status, HEADER_LEN};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dirty::Tracker;
-use crate::frames::{connect_hello, pool, read_frame};
+use crate::frames::{pool, read_frame};
 use crate::meta::PeerMeta;
 
 type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
@@ -197,7 +197,8 @@ pub struct MirrorLink {
 #[derive(Clone)]
 pub struct LinkSettings {
     pub local_server_id: String,
-    pub cluster_key: Arc<Vec<u8>>,
+    /// Data-plane TLS: links authenticate as this server.
+    pub tls: Arc<crate::session::DataTls>,
     pub reconnect: Duration,
     /// Bound on one connection attempt (TCP connect and handshake).
     pub connect_timeout: Duration,
@@ -391,22 +392,9 @@ async fn run(
             return;
         }
         let session = async {
-            let mut stream = TcpStream::connect(&peer.address).await?;
+            let stream = TcpStream::connect(&peer.address).await?;
             stream.set_nodelay(true)?;
-            let who = Identity {
-                role: PeerRole::Replication,
-                peer_id: &s.local_server_id,
-                volume_id: 0,
-                attachment: 0,
-            };
-            let server = connect_hello(&mut stream, &s.cluster_key, who).await?;
-            if server != peer.server_id {
-                return Err(std::io::Error::other(format!(
-                    "{} answered as {server:?}, expected {:?}",
-                    peer.address, peer.server_id
-                )));
-            }
-            Ok::<_, std::io::Error>(stream)
+            crate::session::connect_mirror(stream, &s.tls, &peer.server_id).await
         };
         let session = async {
             tokio::time::timeout(s.connect_timeout, session)
@@ -474,14 +462,12 @@ async fn run(
 }
 
 async fn serve(
-    stream: TcpStream,
+    (mut rd, wr): crate::session::ClientHalves,
     mut rx: mpsc::UnboundedReceiver<LinkFrame>,
     queued: Arc<AtomicUsize>,
     pending: Pending,
     misses: Option<Misses>,
 ) -> std::io::Error {
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 << 10, rd);
     let writer = async move {
         let mut wr = BufWriter::with_capacity(256 << 10, wr);
         let mut last_batch = 1usize;

@@ -123,7 +123,7 @@ impl LocalServer {
             data_dir: dir.to_path_buf(),
             listen: o.listen.unwrap_or(([127, 0, 0, 1], 0).into()),
             admin_listen: "127.0.0.1:0".parse()?,
-            cluster_key: Vec::new(),
+            data_clear: false,
             mirror_timeout: o.mirror_timeout,
             mirror_sync_timeout: o.mirror_sync_timeout.unwrap_or(o.mirror_timeout),
             mirror_reconnect: Duration::from_millis(50),

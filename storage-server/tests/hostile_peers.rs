@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use basalt_proto::control as pb;
 use basalt_proto::wire::{Flags, Header, Opcode, PeerRole, Status, HEADER_LEN, MAX_PAYLOAD};
+use basalt_storage::data_client::accept_as;
 use basalt_storage::fake_control;
-use basalt_storage::frames::{accept_hello, read_frame};
+use basalt_storage::frames::read_frame;
 use basalt_storage::meta::Role;
 use basalt_storage::store::Layout;
-use basalt_storage::testing::{LocalServer, Options, TestPki};
+use basalt_storage::testing::shared_pki;
+use basalt_storage::testing::{LocalServer, Options};
 use common::{wait_until, Client, SIZE, VOL};
 use tokio::io::AsyncWriteExt;
 
@@ -310,7 +312,7 @@ fn a_backend_that_never_reads_its_responses_is_bounded_and_cut_off() {
         };
         batch.extend_from_slice(&h.encode());
     }
-    hostile.s.write_all(&batch).unwrap();
+    hostile.send_raw(&batch);
     println!(
         "hostile backend: {reads} reads of 4 MiB sent ({} bytes of requests) in {:?}",
         reads * HEADER_LEN as u64,
@@ -353,13 +355,13 @@ fn a_backend_that_never_reads_its_responses_is_bounded_and_cut_off() {
 async fn deaf_mirror(listener: tokio::net::TcpListener, id: &'static str, count: Arc<AtomicUsize>) {
     let mut held = Vec::new();
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
+        let Ok((s, _)) = listener.accept().await else {
             return;
         };
-        if accept_hello(&mut s, b"", id).await.is_ok() {
+        if let Ok((_, halves)) = accept_as(s, &shared_pki(), id).await {
             count.fetch_add(1, Ordering::SeqCst);
             held.clear();
-            held.push(s);
+            held.push(halves);
         }
     }
 }
@@ -462,15 +464,13 @@ enum Hang {
 /// those `hang` names, which it reads and never answers.
 async fn hanging_mirror(listener: tokio::net::TcpListener, id: &'static str, hang: Hang) {
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
+        let Ok((s, _)) = listener.accept().await else {
             return;
         };
         tokio::spawn(async move {
-            if accept_hello(&mut s, b"", id).await.is_err() {
+            let Ok((_, (mut rd, mut wr))) = accept_as(s, &shared_pki(), id).await else {
                 return;
-            }
-            let (rd, mut wr) = s.into_split();
-            let mut rd = tokio::io::BufReader::new(rd);
+            };
             let mut buf = Vec::new();
             while let Ok(h) = read_frame(&mut rd, &mut buf).await {
                 let hangs = match hang {
@@ -507,7 +507,7 @@ fn mirror_hanging_on(hang: Hang) {
     let primary_slot: Arc<Mutex<Option<Arc<LocalServer>>>> = Arc::default();
     let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     // The fake control service and the primary share one CA.
-    let pki = Arc::new(TestPki::new());
+    let pki = shared_pki();
     let control_addr: SocketAddr = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -695,11 +695,11 @@ fn refused_reads_release_their_budget() {
         };
         batch.extend_from_slice(&h.encode());
     }
-    c.s.write_all(&batch).unwrap();
+    c.send_raw(&batch);
     c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
     for _ in 0..32 {
-        let r = basalt_proto::wire::read_frame(&mut c.s, &mut buf).unwrap();
+        let r = basalt_proto::wire::read_frame(&mut c.r, &mut buf).unwrap();
         assert_eq!((r.status, buf.len()), (Status::Ok, MAX_PAYLOAD as usize));
     }
     serve_well(&mut c, 1, 0);

@@ -14,7 +14,7 @@ use basalt_proto::wire::{Opcode, PeerRole, Status};
 use basalt_storage::fake_control;
 use basalt_storage::meta::Role;
 use basalt_storage::store::Layout;
-use basalt_storage::testing::{LocalServer, Options, TestPki};
+use basalt_storage::testing::{LocalServer, Options};
 use common::{Client, SIZE, VOL};
 use tokio::sync::mpsc;
 use tonic::Response;
@@ -77,20 +77,21 @@ async fn hung_mirror(listener: tokio::net::TcpListener) {
     let mut held = Vec::new();
     let mut first = true;
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
+        let Ok((s, _)) = listener.accept().await else {
             return;
         };
         if first {
             first = false;
-            if basalt_storage::frames::accept_hello(&mut s, b"", "s-hung")
-                .await
-                .is_err()
-            {
+            let pki = basalt_storage::testing::shared_pki();
+            let Ok((_, (mut rd, wr))) =
+                basalt_storage::data_client::accept_as(s, &pki, "s-hung").await
+            else {
                 return;
-            }
+            };
             tokio::spawn(async move {
+                let _wr = wr;
                 let mut sink = tokio::io::sink();
-                let _ = tokio::io::copy(&mut s, &mut sink).await;
+                let _ = tokio::io::copy(&mut rd, &mut sink).await;
             });
         } else {
             held.push(s);
@@ -108,7 +109,7 @@ fn a_hung_mirror_is_cut_off_at_once_and_reported_until_removed() {
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let primary_slot = Arc::new(Mutex::new(None));
     // The fake control service and the primary share one CA.
-    let pki = Arc::new(TestPki::new());
+    let pki = basalt_storage::testing::shared_pki();
     let control_addr: SocketAddr = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

@@ -7,10 +7,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use basalt_proto::wire::{
-    read_frame, write_frame, Flags, Header, Hello, HelloChallenge, Identity, Opcode, PeerRole,
-    Status,
-};
+use basalt_proto::wire::{read_frame, write_frame, Flags, Header, Opcode, PeerRole, Status};
+use basalt_storage::data_client::DataClient;
 use basalt_storage::testing::LocalServer;
 use common::{Client, SIZE, VOL};
 
@@ -92,15 +90,7 @@ fn fencing_roles_and_bounds() {
     // Not the volume this backend connection named in its handshake...
     assert_eq!(c.call(h, &[]).0.status, Status::InvalidRequest);
     // ...and, named, not a volume this server holds.
-    let mut other = Client::connect_as(
-        primary.data_addr,
-        Identity {
-            role: PeerRole::Backend,
-            peer_id: "b999",
-            volume_id: 999,
-            attachment: 0,
-        },
-    );
+    let mut other = Client::connect_as(primary.data_addr, PeerRole::Backend, "b999", 999, 0);
     assert_eq!(other.call(h, &[]).0.status, Status::NoSuchVolume);
     // A backend cannot write to a mirror; a stranger cannot replicate to it.
     let mut b = Client::connect(mirror.data_addr, PeerRole::Backend, "b2");
@@ -169,17 +159,8 @@ fn data_requests_never_raise_an_epoch() {
 #[test]
 fn superseded_attachments_are_fenced() {
     let (_d, primary, mirror) = pair();
-    let backend = |addr, id, attachment| {
-        Client::connect_as(
-            addr,
-            Identity {
-                role: PeerRole::Backend,
-                peer_id: id,
-                volume_id: VOL,
-                attachment,
-            },
-        )
-    };
+    let backend =
+        |addr, id, attachment| Client::connect_as(addr, PeerRole::Backend, id, VOL, attachment);
     mirror.raise(VOL, 1, 1).unwrap();
     primary.raise(VOL, 1, 1).unwrap();
     let mut old = backend(primary.data_addr, "node1", 1);
@@ -273,15 +254,20 @@ fn hostile_frames_close_the_connection_and_change_nothing() {
     s.create_primary(VOL, SIZE).unwrap();
     let garbage: [&[u8]; 3] = [b"GET / HTTP/1.1\r\n\r\n", &[0u8; 64], &[0xff; 200]];
     for g in garbage {
+        // Sealed garbage (a peer that authenticated, then misbehaves).
         let mut c = Client::connect(s.data_addr, PeerRole::Backend, "evil");
-        c.s.write_all(g).unwrap();
+        c.send_raw(g);
         // A short fragment is not a frame yet: end the stream so the server sees truncation.
         c.s.shutdown(std::net::Shutdown::Write).unwrap();
         let mut buf = Vec::new();
         assert!(
-            read_frame(&mut c.s, &mut buf).is_err(),
+            read_frame(&mut c.r, &mut buf).is_err(),
             "server must close after garbage"
         );
+        // Unsealed bytes on an authenticated connection.
+        let mut c = Client::connect(s.data_addr, PeerRole::Backend, "evil");
+        c.s.write_all(g).unwrap();
+        assert!(read_frame(&mut c.r, &mut buf).is_err());
     }
     // A frame whose payload checksum is wrong.
     let mut c = Client::connect(s.data_addr, PeerRole::Backend, "evil");
@@ -291,30 +277,32 @@ fn hostile_frames_close_the_connection_and_change_nothing() {
     }
     .with_payload(&[5; 512]);
     h.payload_crc ^= 1;
-    write_frame(&mut c.s, &h, &[&[5; 512]]).unwrap();
+    write_frame(&mut c.w, &h, &[&[5; 512]]).unwrap();
     let mut buf = Vec::new();
-    assert!(read_frame(&mut c.s, &mut buf).is_err());
-    // Bad handshake key.
+    assert!(read_frame(&mut c.r, &mut buf).is_err());
+    // No TLS at all: the server never gets to a frame.
     let mut raw = TcpStream::connect(s.data_addr).unwrap();
-    let h = read_frame(&mut raw, &mut buf).unwrap();
-    assert_eq!(h.opcode, Opcode::Hello);
-    let ch = HelloChallenge::decode(&buf).unwrap();
-    let who = Identity {
-        role: PeerRole::Backend,
-        peer_id: "x",
-        volume_id: VOL,
-        attachment: 0,
-    };
-    let body = Hello::new(b"wrong-key", &ch, who).encode();
     write_frame(
         &mut raw,
-        &Header::request(Opcode::Hello, 0, 0, 0).with_payload(&body),
-        &[&body],
+        &Header {
+            length: 512,
+            ..Header::request(Opcode::Write, 1, VOL, 1)
+        }
+        .with_payload(&[5; 512]),
+        &[&[5; 512]],
     )
     .unwrap();
-    // Server has an empty key, so a tag made with another key fails.
-    let r = read_frame(&mut raw, &mut buf).unwrap();
-    assert_eq!(r.status, Status::Unauthorized);
+    assert!(read_frame(&mut raw, &mut buf).is_err());
+    // A grant for another volume, or a node's grant shown by another node.
+    let pki = basalt_storage::testing::shared_pki();
+    let (creds, mut hello) = basalt_storage::data_client::backend(&pki, "x", VOL + 1, 0);
+    hello.volume_id = VOL;
+    let e = DataClient::connect(s.data_addr, &creds, &hello)
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    let (_, hello) = basalt_storage::data_client::backend(&pki, "y", VOL, 0);
+    assert!(DataClient::connect(s.data_addr, &creds, &hello).is_err());
     assert!(
         s.read_copy(VOL).unwrap().iter().all(|&b| b == 0),
         "no hostile byte was written"

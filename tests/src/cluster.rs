@@ -28,8 +28,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// process): it issues the storage servers' and backends' certificates
 /// and the control credentials [`Admin`] calls with.
 pub fn test_pki() -> &'static TestPki {
-    static PKI: OnceLock<TestPki> = OnceLock::new();
-    PKI.get_or_init(TestPki::new)
+    static PKI: OnceLock<std::sync::Arc<TestPki>> = OnceLock::new();
+    PKI.get_or_init(shared_test_pki)
+}
+
+/// [`test_pki`], shared (the same CA).
+pub fn shared_test_pki() -> std::sync::Arc<TestPki> {
+    static PKI: OnceLock<std::sync::Arc<TestPki>> = OnceLock::new();
+    PKI.get_or_init(|| std::sync::Arc::new(TestPki::new()))
+        .clone()
 }
 
 /// The node id whose certificate backends started with `--control` present.
@@ -47,9 +54,19 @@ pub struct StorageProc {
 impl StorageProc {
     /// Starts a server with its data under `root/<id>`, on kernel-chosen ports.
     pub fn start(root: &Path, id: &str) -> Result<StorageProc> {
+        Self::start_with(root, id, &[])
+    }
+
+    /// [`StorageProc::start`] with more flags (not kept across restarts).
+    pub fn start_with(root: &Path, id: &str, extra: &[&str]) -> Result<StorageProc> {
         let dir = root.join(id);
-        let (proc, data, admin) =
-            Self::launch(&dir, id, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)?;
+        let (proc, data, admin) = Self::launch(
+            &dir,
+            id,
+            "127.0.0.1:0".parse()?,
+            "127.0.0.1:0".parse()?,
+            extra,
+        )?;
         Ok(StorageProc {
             id: id.to_owned(),
             dir,
@@ -64,6 +81,7 @@ impl StorageProc {
         id: &str,
         data: SocketAddr,
         admin: SocketAddr,
+        extra: &[&str],
     ) -> Result<(Proc, SocketAddr, SocketAddr)> {
         std::fs::create_dir_all(dir)?;
         // Its identity, where it looks by default (`<data-dir>/tls`).
@@ -83,6 +101,7 @@ impl StorageProc {
                 &admin.to_string(),
             ])
             .args(["--mirror-reconnect-ms", "50"])
+            .args(extra)
             .arg("--ready-file")
             .arg(&ready);
         let mut proc = Proc::spawn(
@@ -112,7 +131,7 @@ impl StorageProc {
     /// Starts the server again on the same ports and data directory.
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill9();
-        let (proc, _, _) = Self::launch(&self.dir, &self.id, self.data, self.admin)?;
+        let (proc, _, _) = Self::launch(&self.dir, &self.id, self.data, self.admin, &[])?;
         self.proc = proc;
         Ok(())
     }
@@ -260,9 +279,10 @@ pub struct BackendOpts<'a> {
 
 impl BackendProc {
     /// Starts a backend listening on `dir/vol-<id>.sock` and waits for the
-    /// socket. With `--control` in `o.extra` (and no `--tls-dir`), it gets
-    /// the certificate of node [`BACKEND_NODE_ID`] from [`test_pki`] in
-    /// `dir/node-tls`, as a node manager's backend would.
+    /// socket. Unless `o.extra` says otherwise, it gets the certificate of
+    /// node [`BACKEND_NODE_ID`] from [`test_pki`] in `dir/node-tls` and a
+    /// grant for the volume (and `--attachment`, default 0), as a node
+    /// manager's backend would.
     pub fn start(dir: &Path, o: &BackendOpts<'_>) -> Result<BackendProc> {
         let socket = dir.join(format!("vol-{}.sock", o.volume_id));
         let _ = std::fs::remove_file(&socket);
@@ -272,13 +292,31 @@ impl BackendProc {
                 .iter()
                 .any(|a| *a == name || a.starts_with(&format!("{name}=")))
         };
-        if flag("--control") && !flag("--tls-dir") {
+        if !flag("--tls-dir") {
             let tls = dir.join("node-tls");
             test_pki()
                 .issue(Role::Node, BACKEND_NODE_ID)
                 .save(&tls)
                 .context("installing the backend's node credentials")?;
             cmd.arg("--tls-dir").arg(tls);
+        }
+        if !flag("--grant-file") {
+            let attachment = o
+                .extra
+                .windows(2)
+                .find(|w| w[0] == "--attachment")
+                .and_then(|w| w[1].parse().ok())
+                .unwrap_or(0);
+            let grant = test_pki().ca.sign_grant(&basalt_auth::Grant {
+                volume_id: o.volume_id,
+                attachment,
+                node: BACKEND_NODE_ID.into(),
+                read_only: o.read_only,
+                expires_unix: basalt_auth::grant::now_unix() + 86400,
+            })?;
+            let file = dir.join(format!("vol-{}.grant", o.volume_id));
+            basalt_auth::grant::save(&file, &grant)?;
+            cmd.arg("--grant-file").arg(file);
         }
         cmd.arg("--socket")
             .arg(&socket)

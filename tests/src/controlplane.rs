@@ -74,6 +74,15 @@ impl ManagedCluster {
         root.join("control").join("tls").join("ca.crt")
     }
 
+    /// The cluster CA itself (certificate and key), for tests that must
+    /// act as a node holding grants the control service no longer issues.
+    pub fn cluster_ca(&self) -> Result<basalt_auth::Ca> {
+        let dir = self.root.join("control").join("tls");
+        let cert = std::fs::read_to_string(dir.join("ca.crt"))?;
+        let key = std::fs::read_to_string(dir.join("ca.key"))?;
+        Ok(basalt_auth::Ca::load(&cert, &key)?)
+    }
+
     /// The admin API token file written by `--bootstrap`.
     pub fn admin_token_file(&self) -> PathBuf {
         Self::token_file_in(&self.root)

@@ -338,9 +338,11 @@ fn stale_backend(c: &ManagedCluster, vol: &str) -> Result<()> {
     };
     // The guest's fio region (GUEST_SCRIPT: --offset=64M --size=32M).
     let region = (64 << 20, 96 << 20);
-    let mut old = crate::rogue::connect(addr, id, gen - 1)?;
+    let node = v["attachment"]["node_id"].as_str().unwrap_or("node-1");
+    let ca = c.cluster_ca()?;
+    let mut old = crate::rogue::connect(&ca, node, addr, id, gen - 1)?;
     let stale = crate::rogue::write_for(&mut old, id, epoch, region, SETTLE)?;
-    let mut new = crate::rogue::connect(addr, id, gen + 1)?;
+    let mut new = crate::rogue::connect(&ca, node, addr, id, gen + 1)?;
     let ahead = crate::rogue::write_for(&mut new, id, epoch, region, SETTLE / 10)?;
     println!(
         "stale backend (attachment {}): {stale:?}; attachment {}: {ahead:?}",

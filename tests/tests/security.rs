@@ -10,8 +10,10 @@ use basalt_proto::control as pb;
 use basalt_proto::control::control_client::ControlClient;
 use basalt_proto::node::node_agent_client::NodeAgentClient;
 use basalt_proto::storage_admin::storage_admin_client::StorageAdminClient;
+use basalt_proto::wire::Status;
 use basalt_proto::{node as npb, storage_admin as spb};
 use basalt_tests::controlplane::ManagedCluster;
+use basalt_tests::rogue::{Outcome, Try};
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Code;
 
@@ -38,6 +40,47 @@ impl Score {
             }
             other => panic!("{what}: expected one of {codes:?}, got {other:?}"),
         }
+    }
+}
+
+impl Score {
+    /// A data-plane attempt must be refused at the handshake or answered
+    /// with a refusal status, never `Ok`.
+    fn data_plane(&mut self, what: &str, o: Outcome) {
+        self.attempts += 1;
+        match o {
+            Outcome::Refused(why) => {
+                self.refused += 1;
+                eprintln!("refused (data plane): {what}: {why}");
+            }
+            Outcome::Wrote(s) if s != Status::Ok => {
+                self.refused += 1;
+                eprintln!("refused (data plane, {s:?}): {what}");
+            }
+            Outcome::Wrote(s) => panic!("{what}: the write was answered {s:?}"),
+        }
+    }
+}
+
+/// A write frame over plain TCP to a data port (no TLS at all).
+fn raw_write(addr: &str, vid: u64, epoch: u64) -> Outcome {
+    use basalt_proto::wire::{read_frame, write_frame, Header, Opcode};
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let data = [0xEEu8; 4096];
+    let h = Header {
+        length: 4096,
+        ..Header::request(Opcode::Write, 1, vid, epoch)
+    }
+    .with_payload(&data);
+    let _ = write_frame(&mut s, &h, &[&data]);
+    let _ = s.flush();
+    let mut buf = Vec::new();
+    match read_frame(&mut s, &mut buf) {
+        Ok(r) => Outcome::Wrote(r.status),
+        Err(e) => Outcome::Refused(format!("closed: {e}")),
     }
 }
 
@@ -354,10 +397,280 @@ fn every_attack_of_the_issue_is_refused() {
         .unwrap();
     assert!(!ok && err.contains("revoked"), "{err}");
 
+    // 8. A tenant acts on another tenant's volume, or beyond its tenant;
+    //    then with its token revoked.
+    c.cli_json(&["tenant", "create", "mallory"]).unwrap();
+    let t = c
+        .cli_json(&["token", "create", "--tenant", "mallory"])
+        .unwrap();
+    let mallory = t["token"].as_str().unwrap().to_owned();
+    let victim = || {
+        Some(pb::VolumeRef {
+            id: vid,
+            ..Default::default()
+        })
+    };
+    score.refused(
+        "a tenant describes another tenant's volume",
+        c.rt.block_on(anon.describe_volume(with_token(
+            pb::DescribeVolumeRequest { volume: victim() },
+            &mallory,
+        ))),
+        &[Code::NotFound],
+    );
+    score.refused(
+        "a tenant deletes another tenant's volume",
+        c.rt.block_on(anon.delete_volume(with_token(del(), &mallory))),
+        &[Code::NotFound],
+    );
+    score.refused(
+        "a tenant reads a block of another tenant's volume",
+        c.rt.block_on(anon.read_volume_block(with_token(
+            pb::ReadVolumeBlockRequest {
+                volume: victim(),
+                block_index: 0,
+            },
+            &mallory,
+        ))),
+        &[Code::NotFound],
+    );
+    score.refused(
+        "a tenant creates a volume in another tenant",
+        c.rt.block_on(anon.create_volume(with_token(
+            pb::CreateVolumeRequest {
+                name: "planted".into(),
+                tenant: "default".into(),
+                size_bytes: 64 << 20,
+                ..Default::default()
+            },
+            &mallory,
+        ))),
+        &[Code::PermissionDenied],
+    );
+    score.refused(
+        "a tenant drains a storage server",
+        c.rt.block_on(anon.drain_storage_server(with_token(
+            pb::DrainStorageServerRequest {
+                server_id: "s1".into(),
+            },
+            &mallory,
+        ))),
+        &[Code::PermissionDenied],
+    );
+    score.refused(
+        "a tenant makes itself an admin token",
+        c.rt.block_on(anon.create_api_token(with_token(
+            pb::CreateApiTokenRequest {
+                admin: true,
+                ..Default::default()
+            },
+            &mallory,
+        ))),
+        &[Code::PermissionDenied],
+    );
+    let id = t["id"].as_str().unwrap();
+    c.cli_json(&["token", "revoke", id]).unwrap();
+    score.refused(
+        "a call with a revoked tenant token",
+        c.rt.block_on(anon.list_volumes(with_token(pb::ListVolumesRequest::default(), &mallory))),
+        &[Code::Unauthenticated],
+    );
+
+    // The data plane: TLS with certificates of the cluster, and for a
+    // backend a grant the control service signed for its node, volume and
+    // attachment (proto/WIRE.md).
+    let vol = c.cli_json(&["volume", "show", "victim"]).unwrap();
+    let primary_addr = vol["primary"]["address"].as_str().unwrap().to_owned();
+    let mirror_id = vol["mirrors"][0]["server_id"].as_str().unwrap().to_owned();
+    let mirror_addr = vol["mirrors"][0]["address"].as_str().unwrap().to_owned();
+    let epoch = vol["epoch"].as_u64().unwrap_or(1);
+    let ca_key = c.cluster_ca().unwrap();
+    let grant = |node: &str, volume_id: u64, read_only: bool, expires_unix: u64| {
+        ca_key
+            .sign_grant(&basalt_auth::Grant {
+                volume_id,
+                attachment: 0,
+                node: node.into(),
+                read_only,
+                expires_unix,
+            })
+            .unwrap()
+    };
+    let later = basalt_auth::grant::now_unix() + 3600;
+    let backend = |grant: Vec<u8>| basalt_proto::wire::Hello {
+        role: basalt_proto::wire::PeerRole::Backend,
+        volume_id: vid,
+        attachment: 0,
+        grant,
+    };
+    let forged = foreign
+        .ca
+        .sign_grant(&basalt_auth::Grant {
+            volume_id: vid,
+            attachment: 0,
+            node: node1.principal.id.clone(),
+            read_only: false,
+            expires_unix: later,
+        })
+        .unwrap();
+    let node_id = node1.principal.id.clone();
+    // A certificate of another CA, presented by a client that trusts ours.
+    let mut foreign_node = foreign.issue(Role::Node, &node_id);
+    foreign_node.ca_pem = ca.clone();
+    let attempts: Vec<(
+        &str,
+        Option<&Credentials>,
+        basalt_proto::wire::Hello,
+        bool,
+        &str,
+    )> = vec![
+        (
+            "write to a primary without TLS",
+            None,
+            backend(grant(&node_id, vid, false, later)),
+            false,
+            "raw",
+        ),
+        (
+            "write to a primary without a client certificate",
+            None,
+            backend(grant(&node_id, vid, false, later)),
+            false,
+            "primary",
+        ),
+        (
+            "write with a certificate of another CA",
+            Some(&foreign_node),
+            backend(grant(&node_id, vid, false, later)),
+            false,
+            "primary",
+        ),
+        (
+            "write with a grant signed by another CA",
+            Some(&node1),
+            backend(forged),
+            false,
+            "primary",
+        ),
+        (
+            "write with an expired grant",
+            Some(&node1),
+            backend(grant(&node_id, vid, false, 1)),
+            false,
+            "primary",
+        ),
+        (
+            "write with a grant for another volume",
+            Some(&node1),
+            backend(grant(&node_id, vid + 1, false, later)),
+            false,
+            "primary",
+        ),
+        (
+            "write with another node's grant",
+            Some(&node1),
+            backend(grant("other-node", vid, false, later)),
+            false,
+            "primary",
+        ),
+        (
+            "write as a backend with a storage server's certificate",
+            Some(&s2),
+            backend(grant(&s2.principal.id, vid, false, later)),
+            false,
+            "primary",
+        ),
+        (
+            "write with a read-only grant",
+            Some(&node1),
+            backend(grant(&node_id, vid, true, later)),
+            false,
+            "primary",
+        ),
+        (
+            "replicate to a mirror without a client certificate",
+            None,
+            basalt_proto::wire::Hello::replication(),
+            true,
+            "mirror",
+        ),
+        (
+            "replicate to a mirror with a node's certificate",
+            Some(&node1),
+            basalt_proto::wire::Hello::replication(),
+            true,
+            "mirror",
+        ),
+    ];
+    for (what, creds, hello, replica, to) in attempts {
+        let (addr, server_id) = if to == "mirror" {
+            (&mirror_addr, &mirror_id)
+        } else {
+            (&primary_addr, &primary)
+        };
+        let outcome = if to == "raw" {
+            raw_write(addr, vid, epoch)
+        } else {
+            basalt_tests::rogue::attempt(&Try {
+                addr,
+                server_id,
+                creds,
+                ca_pem: &ca,
+                hello,
+                volume_id: vid,
+                replica,
+                epoch,
+            })
+            .unwrap()
+        };
+        score.data_plane(what, outcome);
+    }
+    // A storage server that is not the volume's primary replicating to
+    // its mirror: connected (it is a cluster member), every frame refused.
+    let third = creds_of(&c.server_data_dir(2));
+    let not_primary = [&s1, &s2, &third]
+        .into_iter()
+        .find(|s| s.principal.id != primary && s.principal.id != mirror_id)
+        .cloned()
+        .unwrap();
+    let o = basalt_tests::rogue::attempt(&Try {
+        addr: &mirror_addr,
+        server_id: &mirror_id,
+        creds: Some(&not_primary),
+        ca_pem: &ca,
+        hello: basalt_proto::wire::Hello::replication(),
+        volume_id: vid,
+        replica: true,
+        epoch,
+    })
+    .unwrap();
+    assert_eq!(o, Outcome::Wrote(Status::WrongRole), "{o:?}");
+    score.data_plane(
+        "replicate to a mirror from a server that is not its primary",
+        o,
+    );
+    // Nothing landed on either copy.
+    for (id, _) in [(&primary, 0), (&mirror_id, 1)] {
+        let i: usize = id[1..].parse::<usize>().unwrap() - 1;
+        let data = c
+            .server_data_dir(i)
+            .join("copies")
+            .join(vid.to_string())
+            .join("data");
+        let bytes = std::fs::read(&data).unwrap();
+        assert!(!bytes.contains(&0xEE), "a refused write landed on {id}");
+    }
+
     // Nothing changed: the volume is there, no server "evil" or stolen
     // address registered, s1 not draining.
     let v = c.cli_json(&["volume", "show", "victim"]).unwrap();
     assert_eq!(v["id"].as_u64(), Some(vid));
+    let all = c.cli_json(&["volume", "list"]).unwrap();
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(1),
+        "nothing planted: {all}"
+    );
     let servers = c.cli_json(&["server", "list"]).unwrap();
     for s in servers.as_array().unwrap() {
         assert!(

@@ -51,10 +51,16 @@ pub struct Args {
     /// Serial number returned by GET_ID (at most 20 bytes; default basalt-<volume-id>).
     #[arg(long)]
     pub serial: Option<String>,
-    /// File holding the cluster key used to authenticate to storage servers
-    /// (empty key if absent: development only).
+    /// File holding the attachment grant the control service signed for
+    /// this attachment (the node manager writes it); shown to the primary
+    /// on every connection, re-read each time.
     #[arg(long, value_name = "PATH")]
-    pub cluster_key_file: Option<PathBuf>,
+    pub grant_file: PathBuf,
+    /// `off`: ask storage servers for data-plane frames in the clear after
+    /// the authenticated handshake (refused unless they run with
+    /// `--data-encryption off` too). Trusted networks only.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub data_encryption: String,
     /// Pause between attempts to reach the primary, and before resubmitting
     /// after a retryable error.
     #[arg(long, default_value_t = 100)]
@@ -76,10 +82,10 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub control: Option<String>,
     /// Directory with the node's identity (`ca.crt`, `tls.crt`, `tls.key`:
-    /// the node manager's, which spawns this backend), presented to the
-    /// control service. Required with --control.
+    /// the node manager's, which spawns this backend), presented to storage
+    /// servers and the control service.
     #[arg(long, value_name = "DIR")]
-    pub tls_dir: Option<PathBuf>,
+    pub tls_dir: PathBuf,
     /// Timeout of one call to the control service.
     #[arg(long, default_value_t = 3000)]
     pub control_timeout_ms: u64,
@@ -110,14 +116,16 @@ pub struct Config {
     pub read_only: bool,
     /// Exactly [`SERIAL_LEN`] bytes, NUL-padded.
     pub serial: [u8; SERIAL_LEN],
-    pub cluster_key: Vec<u8>,
+    pub grant_file: PathBuf,
     pub retry_interval: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub control: Option<String>,
-    /// The node's credentials (`--tls-dir`), for the control service;
-    /// always present with `control`.
-    pub credentials: Option<Credentials>,
+    /// The node's credentials (`--tls-dir`), for storage servers and the
+    /// control service.
+    pub credentials: Credentials,
+    /// Data-plane TLS settings built from `credentials`.
+    pub tls: std::sync::Arc<basalt_auth::session::ClientConfig>,
     pub control_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_interval: Duration,
@@ -140,17 +148,12 @@ pub enum ConfigError {
     Epoch,
     #[error("--{0} must be greater than 0")]
     ZeroTimer(&'static str),
-    #[error("cannot read --cluster-key-file {path}: {source}; check the path and its permissions")]
-    KeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("--backend-id {0:?} must be 1..=64 bytes of UTF-8")]
     BackendId(String),
     #[error("--control {0:?} is not HOST:PORT; give the control service's address as HOST:PORT (or http://HOST:PORT, https://HOST:PORT: always over TLS)")]
     Control(String),
-    #[error("--control needs --tls-dir: the directory with the node's certificate (the node manager's tls directory), which the backend presents to the control service")]
-    NoTlsDir,
+    #[error("{0}; check the certificate in --tls-dir")]
+    Tls(String),
     #[error("cannot load the credentials in --tls-dir {path}: {source}")]
     Credentials {
         path: PathBuf,
@@ -220,28 +223,15 @@ impl TryFrom<Args> for Config {
             if control_host_port(c).is_none() {
                 return Err(ConfigError::Control(c.clone()));
             }
-            if a.tls_dir.is_none() {
-                return Err(ConfigError::NoTlsDir);
-            }
         }
-        let credentials = match &a.tls_dir {
-            Some(dir) => {
-                Some(
-                    Credentials::load(dir).map_err(|source| ConfigError::Credentials {
-                        path: dir.clone(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        let cluster_key = match a.cluster_key_file {
-            Some(path) => match std::fs::read(&path) {
-                Ok(key) => key,
-                Err(source) => return Err(ConfigError::KeyFile { path, source }),
-            },
-            None => Vec::new(),
-        };
+        let credentials =
+            Credentials::load(&a.tls_dir).map_err(|source| ConfigError::Credentials {
+                path: a.tls_dir.clone(),
+                source,
+            })?;
+        let tls =
+            basalt_auth::session::client_config(&credentials, None, a.data_encryption == "off")
+                .map_err(|e| ConfigError::Tls(e.to_string()))?;
         Ok(Config {
             socket: a.socket,
             volume_id: a.volume_id,
@@ -253,18 +243,33 @@ impl TryFrom<Args> for Config {
             queue_size: a.queue_size,
             read_only: a.read_only,
             serial,
-            cluster_key,
+            grant_file: a.grant_file,
             retry_interval: millis("retry-interval-ms", a.retry_interval_ms)?,
             connect_timeout: millis("connect-timeout-ms", a.connect_timeout_ms)?,
             request_timeout: millis("request-timeout-ms", a.request_timeout_ms)?,
             control: a.control,
             credentials,
+            tls,
             control_timeout: millis("control-timeout-ms", a.control_timeout_ms)?,
             drain_timeout: millis("drain-timeout-ms", a.drain_timeout_ms)?,
             log_interval: millis("log-interval-ms", a.log_interval_ms)?,
             backend_id,
         })
     }
+}
+
+/// A directory with a node's credentials, for the whole test run.
+#[cfg(test)]
+pub(crate) fn node_tls() -> &'static str {
+    static DIR: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    &DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let tls = d.path().join("tls");
+        basalt_auth::testing::TestPki::new().install(&tls, basalt_auth::Role::Node, "n0");
+        let p = tls.to_str().unwrap().to_owned();
+        (d, p)
+    })
+    .1
 }
 
 #[cfg(test)]
@@ -282,7 +287,12 @@ mod tests {
             "1048576",
             "--primary",
             "127.0.0.1:4000",
+            "--grant-file",
+            "/run/grant",
         ];
+        if !extra.contains(&"--tls-dir") {
+            v.extend_from_slice(&["--tls-dir", node_tls()]);
+        }
         v.extend_from_slice(extra);
         let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
         Config::try_from(a).map_err(|e| e.to_string())
@@ -297,7 +307,8 @@ mod tests {
         assert_eq!(&c.serial[..8], b"basalt-7");
         assert_eq!(c.serial[8..], [0; 12]);
         assert_eq!(c.backend_id, "backend-7");
-        assert!(c.cluster_key.is_empty());
+        assert_eq!(c.grant_file, std::path::Path::new("/run/grant"));
+        assert_eq!(c.credentials.principal.to_string(), "node n0");
         assert_eq!(c.retry_interval, Duration::from_millis(100));
     }
 
@@ -314,8 +325,8 @@ mod tests {
         assert!(args(&["--epoch", "0"]).is_err());
         assert!(args(&["--retry-interval-ms", "0"]).is_err());
         assert!(args(&["--request-timeout-ms", "0"]).is_err());
-        let e = args(&["--cluster-key-file", "/nonexistent/key"]).unwrap_err();
-        assert!(e.contains("cluster-key-file"), "{e}");
+        let e = args(&["--tls-dir", "/nonexistent/tls"]).unwrap_err();
+        assert!(e.contains("--tls-dir"), "{e}");
     }
 
     #[test]
@@ -326,8 +337,6 @@ mod tests {
         pki.install(&tls, basalt_auth::Role::Node, "n1");
         let tls = tls.to_str().unwrap();
 
-        let e = args(&["--control", "127.0.0.1:7400"]).unwrap_err();
-        assert!(e.contains("--control needs --tls-dir"), "{e}");
         for ok in [
             "127.0.0.1:7400",
             "http://127.0.0.1:7400",
@@ -336,8 +345,7 @@ mod tests {
         ] {
             let c = args(&["--control", ok, "--tls-dir", tls]).unwrap();
             assert_eq!(c.control.as_deref(), Some(ok));
-            let creds = c.credentials.expect("credentials loaded");
-            assert_eq!(creds.principal.to_string(), "node n1");
+            assert_eq!(c.credentials.principal.to_string(), "node n1");
         }
         for bad in [
             "",
@@ -359,9 +367,6 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("--tls-dir") && e.contains("missing"), "{e}");
-        // Without --control the credentials are not needed, nor used.
-        let c = args(&[]).unwrap();
-        assert!(c.control.is_none() && c.credentials.is_none());
     }
 
     #[test]
@@ -383,6 +388,10 @@ mod tests {
                 size,
                 "--primary",
                 primary,
+                "--grant-file",
+                "g",
+                "--tls-dir",
+                node_tls(),
             ];
             let a = Args::try_parse_from(v).unwrap();
             assert!(Config::try_from(a).is_err(), "{size} {primary}");

@@ -300,6 +300,10 @@ mod tests {
             "127.0.0.1:9",
             "--epoch",
             "2",
+            "--grant-file",
+            "/tmp/unused.grant",
+            "--tls-dir",
+            crate::config::node_tls(),
         ])
         .unwrap();
         ControlState::new(Arc::new(Volume::new(Config::try_from(a).unwrap())))

@@ -27,8 +27,8 @@ pub struct Volume {
 impl Volume {
     pub fn new(config: Config) -> Volume {
         let connect = ConnectParams {
-            backend_id: config.backend_id.clone(),
-            cluster_key: config.cluster_key.clone(),
+            tls: config.tls.clone(),
+            grant_file: config.grant_file.clone(),
             volume_id: config.volume_id,
             attachment: config.attachment,
             timeout: config.connect_timeout,
@@ -37,7 +37,10 @@ impl Volume {
         Volume {
             blk: BlkConfigSpace::new(config.size_bytes, config.queues, config.queue_size),
             failover: Failover::new(
-                config.control.clone().zip(config.credentials.clone()),
+                config
+                    .control
+                    .clone()
+                    .map(|c| (c, config.credentials.clone())),
                 config.volume_id,
                 config.attachment,
                 config.backend_id.clone(),

@@ -24,6 +24,10 @@ fn invalid_flags_exit_with_a_clear_message() -> anyhow::Result<()> {
             "1000",
             "--primary",
             "127.0.0.1:1",
+            "--tls-dir",
+            "/nonexistent",
+            "--grant-file",
+            "/nonexistent/grant",
         ])
         .output()?;
     assert_eq!(out.status.code(), Some(2));
@@ -44,6 +48,11 @@ fn serves_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
     let storage = LocalServer::start(&sdir, "s1")?;
     storage.create_primary(5, 8 << 20)?;
     let socket = dir.path().join("vhost.sock");
+    let opts = common::Opts {
+        volume_id: 5,
+        ..common::Opts::default()
+    };
+    let (tls_dir, grant_file) = common::node_files(&socket, &opts);
     // A stale socket file is replaced.
     std::fs::write(&socket, b"stale")?;
     let mut child = Command::new(BIN)
@@ -56,6 +65,10 @@ fn serves_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
         ])
         .arg((8u64 << 20).to_string())
         .args(["--primary", &storage.data_addr.to_string(), "--queues", "1"])
+        .arg("--tls-dir")
+        .arg(&tls_dir)
+        .arg("--grant-file")
+        .arg(&grant_file)
         .stderr(Stdio::null())
         .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -142,6 +142,13 @@ fn resize_sends_config_change_on_the_backend_channel() -> anyhow::Result<()> {
     storage.create_primary(9, 2 << 20)?;
     let socket = dir.path().join("v.sock");
     let ctl = control_socket_path(&socket);
+    let (tls_dir, grant_file) = common::node_files(
+        &socket,
+        &common::Opts {
+            volume_id: 9,
+            ..common::Opts::default()
+        },
+    );
     let mut child = Command::new(BIN)
         .arg("--socket")
         .arg(&socket)
@@ -154,6 +161,10 @@ fn resize_sends_config_change_on_the_backend_channel() -> anyhow::Result<()> {
             "1",
         ])
         .args(["--primary", &storage.data_addr.to_string()])
+        .arg("--tls-dir")
+        .arg(&tls_dir)
+        .arg("--grant-file")
+        .arg(&grant_file)
         .stdin(Stdio::null())
         .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -238,7 +238,7 @@ fn a_hung_primary_is_reported_and_the_new_layout_is_used() -> anyhow::Result<()>
     let new_primary = storage.data_addr.to_string();
     // The backend presents its node manager's certificate to the control
     // service, whose certificate comes from the same CA.
-    let pki = basalt_storage::testing::TestPki::new();
+    let pki = basalt_storage::testing::shared_pki();
     let tls_dir = common::node_credentials(&pki, &dir.path().join("node-tls"), "n1");
     let control = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

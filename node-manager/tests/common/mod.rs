@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -37,9 +37,10 @@ pub fn node_principal() -> Principal {
 }
 
 /// This test process's cluster CA.
+/// (The same as the storage servers' of `basalt_tests::cluster`, so
+/// backends reach them.)
 pub fn pki() -> Arc<TestPki> {
-    static PKI: OnceLock<Arc<TestPki>> = OnceLock::new();
-    PKI.get_or_init(|| Arc::new(TestPki::new())).clone()
+    basalt_tests::cluster::shared_test_pki()
 }
 
 /// A TLS NodeAgent client of the node manager at `grpc`.
@@ -193,7 +194,15 @@ impl NodeProc {
         self.state_dir().join("run")
     }
 
-    pub fn attach(&mut self, r: pb::AttachRequest) -> Result<pb::AttachResponse, tonic::Status> {
+    /// Attaches; a request without a grant gets one from [`pki`] for its
+    /// volume and attachment, as the control service would sign it.
+    pub fn attach(
+        &mut self,
+        mut r: pb::AttachRequest,
+    ) -> Result<pb::AttachResponse, tonic::Status> {
+        if r.grant.is_empty() {
+            r.grant = grant_for(&r);
+        }
         self.rt
             .block_on(self.client.attach(r))
             .map(|r| r.into_inner())
@@ -237,6 +246,7 @@ impl NodeProc {
                 primary_address: primary_address.to_owned(),
                 epoch,
                 attachment,
+                grant: Vec::new(),
             }))
             .map(|_| ())
     }
@@ -396,5 +406,20 @@ pub fn attach_req(volume_id: u64, size: u64, primary: &str) -> pb::AttachRequest
         read_only: false,
         queues: 2,
         attachment: 0,
+        grant: Vec::new(),
     }
+}
+
+/// The grant the control service would sign for `r` on node [`NODE_ID`].
+pub fn grant_for(r: &pb::AttachRequest) -> Vec<u8> {
+    pki()
+        .ca
+        .sign_grant(&basalt_auth::Grant {
+            volume_id: r.volume_id,
+            attachment: r.attachment,
+            node: NODE_ID.into(),
+            read_only: r.read_only,
+            expires_unix: basalt_auth::grant::now_unix() + 86400,
+        })
+        .expect("sign a test grant")
 }

@@ -1,62 +1,79 @@
 //! Helpers shared by the integration tests: a blocking data-plane client.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use basalt_proto::wire::{
-    read_frame, write_frame, Header, Hello, HelloChallenge, Identity, Opcode, PeerRole, Status,
-};
+use basalt_auth::session::{OpenReader, SealWriter};
+use basalt_proto::wire::{read_frame, write_frame, Header, Opcode, PeerRole, Status};
+use basalt_storage::data_client::{self, DataClient};
+use basalt_storage::testing::shared_pki;
 
 pub const VOL: u64 = 11;
 pub const SIZE: u64 = 8 << 20;
 
 pub struct Client {
+    /// The socket (shutdown, timeouts); frames go through `r` and `w`.
     pub s: TcpStream,
+    pub r: OpenReader<TcpStream>,
+    pub w: SealWriter<TcpStream>,
     next: u64,
     buf: Vec<u8>,
 }
 
 impl Client {
-    /// Connects as `role`; a backend serves volume [`VOL`] with attachment 0.
+    /// Connects as `role` with the certificate of `id` (under the shared
+    /// test CA); a backend serves volume [`VOL`] with attachment 0.
     pub fn connect(addr: SocketAddr, role: PeerRole, id: &str) -> Client {
-        let volume_id = if role == PeerRole::Backend { VOL } else { 0 };
-        Self::connect_as(
-            addr,
-            Identity {
-                role,
-                peer_id: id,
-                volume_id,
-                attachment: 0,
-            },
-        )
+        Self::connect_as(addr, role, id, VOL, 0)
     }
 
-    pub fn connect_as(addr: SocketAddr, who: Identity<'_>) -> Client {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut buf = Vec::new();
-        let h = read_frame(&mut s, &mut buf).unwrap();
-        assert_eq!(h.opcode, Opcode::Hello);
-        let ch = HelloChallenge::decode(&buf).unwrap();
-        let body = Hello::new(b"", &ch, who).encode();
-        write_frame(
-            &mut s,
-            &Header::request(Opcode::Hello, 0, 0, 0).with_payload(&body),
-            &[&body],
-        )
-        .unwrap();
-        let r = read_frame(&mut s, &mut buf).unwrap();
-        assert_eq!(r.status, Status::Ok);
-        Client { s, next: 1, buf }
+    /// A backend for `volume_id` as `attachment` (both ignored for
+    /// replication). Panics if refused.
+    pub fn connect_as(
+        addr: SocketAddr,
+        role: PeerRole,
+        id: &str,
+        volume_id: u64,
+        attachment: u64,
+    ) -> Client {
+        Self::try_connect_as(addr, role, id, volume_id, attachment).unwrap()
+    }
+
+    pub fn try_connect_as(
+        addr: SocketAddr,
+        role: PeerRole,
+        id: &str,
+        volume_id: u64,
+        attachment: u64,
+    ) -> std::io::Result<Client> {
+        let pki = shared_pki();
+        let (creds, hello) = match role {
+            PeerRole::Backend => data_client::backend(&pki, id, volume_id, attachment),
+            PeerRole::Replication => data_client::replication(&pki, id),
+        };
+        let DataClient { s, r, w } = DataClient::connect(addr, &creds, &hello)?;
+        Ok(Client {
+            s,
+            r,
+            w,
+            next: 1,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes raw (already encoded) frames, sealed.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
     }
 
     pub fn call(&mut self, mut h: Header, payload: &[u8]) -> (Header, Vec<u8>) {
         h.request_id = self.next;
         self.next += 1;
         let h = h.with_payload(payload);
-        write_frame(&mut self.s, &h, &[payload]).unwrap();
-        let r = read_frame(&mut self.s, &mut self.buf).unwrap();
+        write_frame(&mut self.w, &h, &[payload]).unwrap();
+        let r = read_frame(&mut self.r, &mut self.buf).unwrap();
         assert_eq!(r.request_id, h.request_id);
         (r, self.buf.clone())
     }

@@ -1,11 +1,12 @@
 //! Completion side of a queue: connection management and responses.
 
-use std::io::{self, BufReader};
+use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use basalt_auth::session::OpenReader;
 use basalt_proto::wire::{read_frame, Header, Status, HEADER_LEN};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
@@ -16,9 +17,6 @@ use crate::layout::LayoutSnapshot;
 use crate::primary::{self, ConnectError};
 use crate::request::RequestKind;
 use crate::stats::bump;
-
-/// Read buffer of a connection: many small responses per syscall.
-const READ_BUF: usize = 256 << 10;
 
 /// Why a connection was given up.
 enum End {
@@ -80,8 +78,8 @@ impl QueueEngine {
             let seen = self.vol.layout.snapshot();
             let (ask, lost) = match self.establish(&seen) {
                 Err(ask) => (ask, false),
-                Ok(stream) => {
-                    let end = self.read_responses(stream, &mut payload, &mut done);
+                Ok(reader) => {
+                    let end = self.read_responses(reader, &mut payload, &mut done);
                     self.publish(&mut done);
                     self.disconnect();
                     let ask = match &end {
@@ -119,9 +117,9 @@ impl QueueEngine {
 
     /// Connects to the primary of `layout`; on failure, says what to ask
     /// the control service.
-    fn establish(&self, layout: &LayoutSnapshot) -> Result<TcpStream, Ask> {
-        let stream = match primary::connect(&layout.primary, layout.epoch, &self.vol.connect) {
-            Ok(s) => s,
+    fn establish(&self, layout: &LayoutSnapshot) -> Result<OpenReader<TcpStream>, Ask> {
+        let conn = match primary::connect(&layout.primary, &self.vol.connect) {
+            Ok(c) => c,
             Err(e) => {
                 if let Some(n) = self.conn_log.check() {
                     tracing::warn!(
@@ -138,13 +136,11 @@ impl QueueEngine {
                 });
             }
         };
-        let (Ok(w), Ok(live)) = (stream.try_clone(), stream.try_clone()) else {
-            tracing::warn!(
-                queue = self.index,
-                "cannot duplicate the primary socket (out of file descriptors?); retrying"
-            );
-            return Err(Ask::Nothing);
-        };
+        let primary::Connection {
+            raw: live,
+            reader,
+            writer: w,
+        } = conn;
         let in_flight = {
             let mut st = lock(&self.state);
             if self.stopped() {
@@ -164,7 +160,7 @@ impl QueueEngine {
         if let Err(e) = self.resubmit_evt.write(1) {
             tracing::error!(queue = self.index, "cannot wake the queue worker: {e}");
         }
-        Ok(stream)
+        Ok(reader)
     }
 
     /// Fails every request in flight (the guest sees IOERR): this backend
@@ -257,23 +253,22 @@ impl QueueEngine {
 
     fn read_responses(
         &self,
-        stream: TcpStream,
+        mut rd: OpenReader<TcpStream>,
         payload: &mut Vec<u8>,
         done: &mut Vec<Used>,
     ) -> End {
-        let fd = stream.as_raw_fd();
+        let fd = rd.get_ref().as_raw_fd();
         let timeout = self.vol.config.request_timeout;
         // Backstop for a primary that stops in the middle of a frame.
-        if let Err(e) = stream.set_read_timeout(Some(timeout)) {
+        if let Err(e) = rd.get_ref().set_read_timeout(Some(timeout)) {
             return End::Io(e);
         }
         let tick = (timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
-        let mut rd = BufReader::with_capacity(READ_BUF, stream);
         let mut progress = Instant::now();
         loop {
             // Between frames: wait for data, watching for a primary that
             // answers none of the requests in flight.
-            while rd.buffer().len() < HEADER_LEN && !wait_readable(fd, tick) {
+            while !rd.buffered_ready(HEADER_LEN) && !wait_readable(fd, tick) {
                 if self.stopped() {
                     return End::Stopped;
                 }
@@ -303,7 +298,7 @@ impl QueueEngine {
             // Signal the guest once per burst: when no further response is
             // buffered (not even its header) or waiting on the socket.
             if done.len() >= done.capacity()
-                || (rd.buffer().len() < HEADER_LEN && !wait_readable(fd, Duration::ZERO))
+                || (!rd.buffered_ready(HEADER_LEN) && !wait_readable(fd, Duration::ZERO))
             {
                 self.publish(done);
             }

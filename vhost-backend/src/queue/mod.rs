@@ -20,6 +20,8 @@ pub mod order;
 mod submit;
 
 use std::net::{Shutdown, TcpStream};
+
+use basalt_auth::session::SealWriter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -50,7 +52,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A connection the completion thread established, waiting for the worker.
 struct Pending {
-    stream: TcpStream,
+    stream: SealWriter<TcpStream>,
     epoch: u64,
 }
 
@@ -71,7 +73,7 @@ struct State {
 
 /// Worker-side state.
 struct Tx {
-    stream: Option<TcpStream>,
+    stream: Option<SealWriter<TcpStream>>,
     epoch: u64,
     gen: u64,
     /// Frames waiting to be written.

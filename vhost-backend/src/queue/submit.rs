@@ -259,11 +259,10 @@ impl QueueEngine {
         if tx.buf.is_empty() {
             return;
         }
-        if let Some(s) = tx.stream.as_ref() {
-            let mut w = s;
+        if let Some(w) = tx.stream.as_mut() {
             if let Err(e) = w.write_all(&tx.buf) {
                 tracing::debug!(queue = self.index, "write to primary failed: {e}");
-                let _ = s.shutdown(Shutdown::Both);
+                let _ = w.get_ref().shutdown(Shutdown::Both);
                 tx.stream = None;
             }
         }

@@ -57,7 +57,36 @@ impl Default for Opts {
     }
 }
 
+/// `--tls-dir` and `--grant-file` of a backend serving `socket`: without
+/// `o.tls_dir`, a node's credentials of the shared test CA (the storage
+/// servers') are installed beside the socket; either way, a grant for the
+/// volume and attachment, signed by the shared test CA for the node of the
+/// credentials, is written there too.
+pub fn node_files(socket: &Path, o: &Opts) -> (PathBuf, PathBuf) {
+    let pki = basalt_storage::testing::shared_pki();
+    let side = |ext: &str| {
+        let mut p = socket.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let tls_dir = o.tls_dir.clone().unwrap_or_else(|| {
+        let d = side(".tls");
+        pki.install(&d, basalt_auth::Role::Node, "node-test");
+        d
+    });
+    let node = basalt_auth::Credentials::load(&tls_dir)
+        .map(|c| c.principal.id)
+        .unwrap_or_else(|_| "node-test".into());
+    let grant_file = side(".grant");
+    let grant =
+        basalt_storage::data_client::grant(&pki, &node, o.volume_id, o.attachment, o.read_only);
+    basalt_auth::grant::save(&grant_file, &grant).expect("write the test grant");
+    (tls_dir, grant_file)
+}
+
+/// The backend's arguments (see [`node_files`]).
 pub fn args(socket: &Path, primary: &str, o: &Opts) -> Args {
+    let (tls_dir, grant_file) = node_files(socket, o);
     Args {
         socket: socket.to_path_buf(),
         volume_id: o.volume_id,
@@ -69,12 +98,13 @@ pub fn args(socket: &Path, primary: &str, o: &Opts) -> Args {
         queue_size: o.queue_size,
         read_only: o.read_only,
         serial: None,
-        cluster_key_file: None,
+        grant_file,
+        data_encryption: "on".into(),
         retry_interval_ms: 50,
         connect_timeout_ms: 500,
         request_timeout_ms: o.request_timeout_ms,
         control: o.control.clone(),
-        tls_dir: o.tls_dir.clone(),
+        tls_dir,
         control_timeout_ms: 1000,
         drain_timeout_ms: 2000,
         log_interval_ms: 1,
