@@ -31,7 +31,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         s,
         "`basalt-bench compare --security`: the same jobs against two copies with the \
-         data plane encrypted (TLS 1.3 handshake, then AES-256-GCM records; the default) \
+         data plane encrypted (TLS 1.3 handshake, then AES-128-GCM records; the default) \
          and with `--data-encryption off` (the same handshake and grant checks, frames in \
          the clear), interleaved in one run, medians of the rounds.\n"
     );

@@ -54,7 +54,7 @@ fn grant_bytes(b: &[u8]) {
 }
 
 fn record_bytes(b: &[u8]) {
-    let mut r = OpenReader::new(b, Some(Opener::new(&[3u8; 44])));
+    let mut r = OpenReader::new(b, Some(Opener::new(&[3u8; 28])));
     let mut out = vec![0u8; 4096];
     // Random bytes never open (authentication fails first).
     match r.read(&mut out) {

@@ -11,7 +11,7 @@
 //! connection into a reader and a writer task. A TLS connection is one
 //! state machine for both directions, so every frame would take a lock
 //! shared by the two. Keys exported per direction let each half seal or
-//! open on its own, with the same cipher (AES-256-GCM) and nonce scheme as
+//! open on its own, with the same cipher (AES-128-GCM) and nonce scheme as
 //! TLS 1.3. The handshake — certificates, key exchange, downgrade and
 //! replay protection — is rustls's, unchanged.
 

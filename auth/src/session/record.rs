@@ -3,16 +3,16 @@
 //!
 //! A record is `len u32 LE | ciphertext | tag[16]`, where `len` counts the
 //! ciphertext and the tag and is the additional authenticated data. Each
-//! direction has its own AES-256-GCM key and IV (exported from the TLS
+//! direction has its own AES-128-GCM key and IV (exported from the TLS
 //! session, see `mod.rs`) and a record counter; the nonce is the IV with
 //! the counter XORed into its last 8 bytes, as in TLS 1.3. A record that
 //! was altered, replayed, reordered, dropped or sealed with another key
 //! fails to open, and the connection ends.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, NONCE_LEN};
 
 /// Bytes of a key and of an IV.
-pub const KEY_LEN: usize = 32;
+pub const KEY_LEN: usize = 16;
 pub const IV_LEN: usize = NONCE_LEN;
 /// Bytes of the length prefix and of the tag.
 pub const LEN_LEN: usize = 4;
@@ -50,11 +50,11 @@ struct Direction {
 impl Direction {
     fn new(material: &[u8]) -> Direction {
         let (k, iv) = material.split_at(KEY_LEN);
-        // A 32-byte key is always accepted by AES-256-GCM.
-        let key = UnboundKey::new(&AES_256_GCM, k).map(LessSafeKey::new);
+        // A 16-byte key is always accepted by AES-128-GCM.
+        let key = UnboundKey::new(&AES_128_GCM, k).map(LessSafeKey::new);
         let key = match key {
             Ok(k) => k,
-            Err(_) => unreachable!("AES-256-GCM takes a 32-byte key"),
+            Err(_) => unreachable!("AES-128-GCM takes a 16-byte key"),
         };
         let mut nonce = [0u8; IV_LEN];
         nonce.copy_from_slice(&iv[..IV_LEN]);

@@ -29,10 +29,10 @@ fn bad(e: impl std::fmt::Display) -> TlsSetupError {
 fn provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
     // AES-GCM only: it has hardware support where Basalt runs, and the
-    // sealed records use AES-256-GCM too.
+    // sealed records use AES-128-GCM too.
     p.cipher_suites = vec![
-        rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
         rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
     ];
     Arc::new(p)
 }

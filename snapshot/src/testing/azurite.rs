@@ -3,9 +3,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use super::{find_tool, free_port, server_or_skip, wait_listening, TestServerError};
+use super::{find_tool, free_port, server_or_skip, wait_listening, ServerProcess, TestServerError};
 use crate::destination::DestinationSpec;
 
 /// Environment variable naming the `azurite-blob` launcher.
@@ -25,7 +25,7 @@ pub struct Azurite {
     /// `http://127.0.0.1:PORT/devstoreaccount1` (path-style, with the account).
     pub endpoint: String,
     pub container: String,
-    child: Child,
+    child: ServerProcess,
     dir: tempfile::TempDir,
 }
 
@@ -70,7 +70,7 @@ impl Azurite {
         let server = Azurite {
             endpoint: format!("http://{addr}/{ACCOUNT}"),
             container: DEFAULT_CONTAINER.to_owned(),
-            child,
+            child: ServerProcess(child),
             dir,
         };
         server.create_container(DEFAULT_CONTAINER)?;
@@ -119,14 +119,7 @@ impl Azurite {
 
     /// The server's process id (Node.js).
     pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.pid()
     }
 }
 

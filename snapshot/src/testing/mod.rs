@@ -56,7 +56,7 @@ pub struct S3Server {
     pub bucket: String,
     /// Root directory: one subdirectory per bucket.
     pub root: PathBuf,
-    child: Child,
+    child: ServerProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -195,7 +195,7 @@ impl S3Server {
             endpoint: format!("http://{addr}"),
             bucket: DEFAULT_BUCKET.to_owned(),
             root,
-            child,
+            child: ServerProcess(child),
             _dir: dir,
         })
     }
@@ -221,14 +221,23 @@ impl S3Server {
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 }
 
-impl Drop for S3Server {
+/// A test server's process, killed and reaped when dropped.
+pub(crate) struct ServerProcess(pub(crate) Child);
+
+impl ServerProcess {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
