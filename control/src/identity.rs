@@ -123,7 +123,7 @@ fn revoked_key(p: &Principal) -> String {
     format!("{}/{}", p.role, p.id)
 }
 
-fn is_revoked(store: &dyn MetaStore, p: &Principal) -> bool {
+pub(crate) fn is_revoked(store: &dyn MetaStore, p: &Principal) -> bool {
     // A store error counts as revoked: refuse rather than admit.
     !matches!(store.get(Table::Revoked, &revoked_key(p)), Ok(None))
 }
