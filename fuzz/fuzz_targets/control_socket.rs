@@ -37,8 +37,13 @@ const PRIMARY: &str = "127.0.0.1:9";
 const EPOCH: u64 = 2;
 
 fn config() -> Config {
-    static C: OnceLock<Config> = OnceLock::new();
+    // The node's credentials the backend loads, kept for the process.
+    static C: OnceLock<(tempfile::TempDir, Config)> = OnceLock::new();
     C.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = dir.path().join("tls");
+        basalt_auth::testing::TestPki::new().install(&tls, basalt_auth::Role::Node, "fuzz");
+        let tls = tls.to_str().expect("a UTF-8 path").to_owned();
         let a = Args::try_parse_from([
             "basalt-vhost-blk",
             "--socket",
@@ -51,10 +56,15 @@ fn config() -> Config {
             PRIMARY,
             "--epoch",
             &EPOCH.to_string(),
+            "--tls-dir",
+            &tls,
+            "--grant-file",
+            "/nonexistent/fuzz.grant",
         ])
         .expect("args");
-        Config::try_from(a).expect("config")
+        (dir, Config::try_from(a).expect("config"))
     })
+    .1
     .clone()
 }
 
