@@ -213,13 +213,7 @@ impl Control {
         note.target(format!("volume {}/{}", named(s, &m.tenant), m.name));
         s.field(&mut m.tenant)?;
         note.tenant(or_default(&m.tenant));
-        if let Some(r) = m.from_snapshot.take() {
-            m.from_snapshot = Some(if r.id != 0 || !r.name.is_empty() {
-                self.scope_snapshot(s, &Note::default(), Some(r))?
-            } else {
-                r
-            });
-        }
+        m.from_snapshot = self.scope_optional_snapshot(s, m.from_snapshot.take())?;
         Ok(m)
     }
 
@@ -232,13 +226,7 @@ impl Control {
         note.target(format!("snapshot {}/{}", named(s, &m.tenant), m.name));
         s.field(&mut m.tenant)?;
         note.tenant(or_default(&m.tenant));
-        if let Some(r) = m.parent.take() {
-            m.parent = Some(if r.id != 0 || !r.name.is_empty() {
-                self.scope_snapshot(s, &Note::default(), Some(r))?
-            } else {
-                r
-            });
-        }
+        m.parent = self.scope_optional_snapshot(s, m.parent.take())?;
         Ok(m)
     }
 
@@ -258,18 +246,27 @@ impl Control {
         Ok(m)
     }
 
+    /// An optional snapshot reference: scoped when it names one, passed on
+    /// as it is when absent or empty.
+    fn scope_optional_snapshot(
+        &self,
+        s: &Scope,
+        r: Option<pb::SnapshotRef>,
+    ) -> Result<Option<pb::SnapshotRef>> {
+        match r {
+            Some(r) if r.id != 0 || !r.name.is_empty() => {
+                Ok(Some(self.scope_snapshot(s, &Note::default(), Some(r))?))
+            }
+            other => Ok(other),
+        }
+    }
+
     pub(crate) fn scope_changed_blocks(
         &self,
         s: &Scope,
         mut m: pb::ListChangedBlocksRequest,
     ) -> Result<pb::ListChangedBlocksRequest> {
-        if let Some(r) = m.first.take() {
-            m.first = Some(if r.id != 0 || !r.name.is_empty() {
-                self.scope_snapshot(s, &Note::default(), Some(r))?
-            } else {
-                r
-            });
-        }
+        m.first = self.scope_optional_snapshot(s, m.first.take())?;
         m.second = Some(self.scope_snapshot(s, &Note::default(), m.second)?);
         Ok(m)
     }
