@@ -534,7 +534,11 @@ async fn nodes_up(c: &mut Client) -> Option<Vec<String>> {
 impl Drop for ManagedCluster {
     /// Backends outlive their node manager by design (they keep serving
     /// guests across its restarts), so a test cluster stops them itself.
+    /// A test that panics gets every process's log tail first.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs(60);
+        }
         let node2 = self.backend_pids_of("node2").unwrap_or_default();
         for pid in self
             .backend_pids()

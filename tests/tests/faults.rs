@@ -181,14 +181,12 @@ fn faults_under_a_guest_lose_nothing_and_stall_briefly() {
         }
         let run = guest.join().expect("guest thread");
         if let Err(e) = &outcome {
-            c.dump_logs(60);
             panic!("fault suite: {e:#}");
         }
         run
     })
     .unwrap();
     if let Err(e) = run.ensure_success() {
-        c.dump_logs(60);
         panic!("guest: {e:#}");
     }
 

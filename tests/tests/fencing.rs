@@ -166,10 +166,7 @@ fn a_forced_attach_fences_the_old_host_for_good() {
     let (result, run1) = outcome;
     let (fenced_at, socket2, _) = match result {
         Ok(r) => r,
-        Err(e) => {
-            c.dump_logs(60);
-            panic!("fencing test: {e:#}");
-        }
+        Err(e) => panic!("fencing test: {e:#}"),
     };
     let run1 = run1.unwrap();
     println!(

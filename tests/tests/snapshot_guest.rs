@@ -208,9 +208,6 @@ fn a_guest_filesystem_snapshot_taken_while_it_writes_restores_at_once() {
     let v = c.wait_volume("b", Duration::from_secs(150), |v| {
         v["hydration"]["complete"] == true
     });
-    let v = v.unwrap_or_else(|e| {
-        c.dump_logs(60);
-        panic!("{e:#}")
-    });
+    let v = v.unwrap_or_else(|e| panic!("{e:#}"));
     println!("FIGURE restored volume hydrated: {}", v["hydration"]);
 }
